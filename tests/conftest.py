@@ -1,0 +1,136 @@
+"""Fixtures shared by the suite: every database test runs on a SQLite file and on PostgreSQL.
+
+PostgreSQL comes from ``UOW_TEST_POSTGRES_URL`` (a sync URL such as
+``postgresql+psycopg://uow:uow@127.0.0.1:5432/uow``). Without it the
+PostgreSQL cases are skipped, unless ``UOW_REQUIRE_POSTGRES=1`` (as in CI),
+which turns that into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, String, create_engine, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import uow
+from uow import _default
+
+PG_URL = os.environ.get("UOW_TEST_POSTGRES_URL")
+REQUIRE_PG = os.environ.get("UOW_REQUIRE_POSTGRES") == "1"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class Counter(Base):
+    __tablename__ = "counters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[int] = mapped_column(default=0)
+
+
+def _require_pg() -> str:
+    if PG_URL is None:
+        if REQUIRE_PG:
+            pytest.fail("UOW_REQUIRE_POSTGRES=1 but UOW_TEST_POSTGRES_URL is not set")
+        pytest.skip("set UOW_TEST_POSTGRES_URL to run the PostgreSQL cases")
+    return PG_URL
+
+
+def async_pg_url(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql+asyncpg://").replace(
+        "postgresql://", "postgresql+asyncpg://"
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    if name == "postgresql":
+        _require_pg()
+    return name
+
+
+def make_engine(backend: str, tmp_path: Path, **kw: object) -> Engine:
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+        kw.setdefault("connect_args", {"timeout": 5})
+    else:
+        url = _require_pg()
+    engine = create_engine(url, **kw)  # type: ignore[arg-type]
+    uow.enable_sqlite_savepoints(engine)
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+@pytest.fixture
+def engine(backend: str, tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(backend, tmp_path)
+    yield eng
+    checked_out = eng.pool.checkedout()  # type: ignore[attr-defined]
+    eng.dispose()
+    assert checked_out == 0, f"{checked_out} connection(s) still checked out after the test"
+
+
+@pytest.fixture
+def manager(engine: Engine) -> Iterator[uow.UnitOfWorkManager]:
+    m = uow.configure(engine)
+    yield m
+    _default._manager = None
+
+
+@pytest.fixture
+async def async_engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    sync = make_engine(backend, tmp_path)
+    sync.dispose()
+    url = (
+        f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+        if backend == "sqlite"
+        else async_pg_url(_require_pg())
+    )
+    eng = create_async_engine(url)
+    yield eng
+    checked_out = eng.sync_engine.pool.checkedout()  # type: ignore[attr-defined]
+    await eng.dispose()
+    assert checked_out == 0, f"{checked_out} connection(s) still checked out after the test"
+
+
+@pytest.fixture
+def async_manager(async_engine: AsyncEngine) -> Iterator[uow.UnitOfWorkManager]:
+    m = uow.configure(async_engine)
+    yield m
+    _default._manager = None
+
+
+def names(engine: Engine) -> list[str]:
+    """Return the committed item names, read on a connection of its own."""
+    with engine.connect() as conn:
+        return sorted(conn.scalars(select(Item.name)))
+
+
+def count(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.scalar(select(func.count(Item.id))) or 0)
+
+
+@pytest.fixture(autouse=True)
+def _reset_default_manager() -> Iterator[None]:
+    yield
+    _default._manager = None
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,59 @@
+"""uow: transactional units of work for SQLAlchemy, sync and async."""
+
+from ._core import Propagation as Propagation
+from ._default import configure as configure
+from ._default import current_session as current_session
+from ._default import get_manager as get_manager
+from ._default import on_commit as on_commit
+from ._default import on_rollback as on_rollback
+from ._default import session as session
+from ._default import unit_of_work as unit_of_work
+from .concurrency import run_sync as run_sync
+from .concurrency import set_finisher_threads as set_finisher_threads
+from .decorators import UnitOfWork as UnitOfWork
+from .decorators import transactional as transactional
+from .exceptions import BlockingSessionUse as BlockingSessionUse
+from .exceptions import HookError as HookError
+from .exceptions import InvalidOptionError as InvalidOptionError
+from .exceptions import IsolationLevelConflict as IsolationLevelConflict
+from .exceptions import NoActiveUnitOfWork as NoActiveUnitOfWork
+from .exceptions import NotConfiguredError as NotConfiguredError
+from .exceptions import NotDecoratableError as NotDecoratableError
+from .exceptions import PropagationError as PropagationError
+from .exceptions import ReadOnlyViolation as ReadOnlyViolation
+from .exceptions import SessionKindError as SessionKindError
+from .exceptions import UnexpectedRollback as UnexpectedRollback
+from .exceptions import UnitOfWorkError as UnitOfWorkError
+from .manager import UnitOfWorkManager as UnitOfWorkManager
+from .sqlite import enable_savepoints as enable_sqlite_savepoints
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BlockingSessionUse",
+    "HookError",
+    "InvalidOptionError",
+    "IsolationLevelConflict",
+    "NoActiveUnitOfWork",
+    "NotConfiguredError",
+    "NotDecoratableError",
+    "Propagation",
+    "PropagationError",
+    "ReadOnlyViolation",
+    "SessionKindError",
+    "UnexpectedRollback",
+    "UnitOfWork",
+    "UnitOfWorkError",
+    "UnitOfWorkManager",
+    "configure",
+    "current_session",
+    "enable_sqlite_savepoints",
+    "get_manager",
+    "on_commit",
+    "on_rollback",
+    "run_sync",
+    "session",
+    "set_finisher_threads",
+    "transactional",
+    "unit_of_work",
+]

@@ -1,0 +1,206 @@
+"""The async driver: the same decisions as the sync one, with I/O awaited.
+
+An ``AsyncSession`` is awaited directly. A sync session is driven from a
+worker thread, so the event loop never blocks; its end (commit, rollback,
+close) runs on the finisher's own limiter, shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+from contextvars import Token
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+from sqlalchemy.orm import Session
+
+from ._compat import AsyncSession
+from ._core import Action, UnitOptions, check_joinable, decide, outcome
+from ._sync import end_savepoint, end_session
+from ._unit import Hook, Transaction, Unit, add_note, conclude, hook_failure, verdict
+from .concurrency import in_finisher, serial_tx, shielded
+from .exceptions import HookError
+
+if TYPE_CHECKING:
+    from .manager import UnitOfWorkManager
+
+__all__ = ["AsyncScope", "run_hooks_async"]
+
+
+class AsyncScope:
+    """Enter and leave one unit from async code."""
+
+    __slots__ = ("action", "manager", "options", "serial_token", "token", "unit")
+
+    def __init__(self, manager: UnitOfWorkManager, options: UnitOptions) -> None:
+        self.manager = manager
+        self.options = options
+        self.serial_token: Token[Transaction | None] | None = None
+
+    async def __aenter__(self) -> Unit | None:
+        manager = self.manager
+        options = self.options
+        current = manager._current.get()
+        action = self.action = decide(options, current is not None)
+        if action is Action.NONE:
+            self.unit = None
+            return None
+        if action is Action.SUSPEND:
+            self.unit = None
+            self.token = manager._current.set(None)
+            return None
+        if action is Action.BEGIN:
+            tx = Transaction(manager, options, driven_async=True)
+            unit = Unit(tx)
+            start = tx.start_options()
+            if start:
+                await _start(tx, start)
+            if not manager.is_async:
+                self.serial_token = serial_tx.set(tx)
+        else:
+            assert current is not None
+            check_joinable(options, current.tx.options)
+            if action is Action.JOIN:
+                self.unit = current
+                return current
+            unit = Unit(current.tx, current)
+            session = current.tx.get_session()
+            if isinstance(session, AsyncSession):
+                unit.savepoint = await session.begin_nested()
+            else:
+                async with current.tx.async_lock():
+                    unit.savepoint = await anyio.to_thread.run_sync(session.begin_nested)
+        self.unit = unit
+        self.token = manager._current.set(unit)
+        return unit
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        action = self.action
+        if action is Action.JOIN:
+            if exc is not None and outcome(self.options, exc) == "rollback":
+                assert self.unit is not None
+                self.unit.mark_rollback_only(exc)
+            return None
+        if action is Action.NONE:
+            return None
+        self.manager._current.reset(self.token)
+        if action is Action.SUSPEND:
+            return None
+        if self.serial_token is not None:
+            serial_tx.reset(self.serial_token)
+        unit = self.unit
+        assert unit is not None
+        planned = verdict(unit, self.options, outcome(self.options, exc))
+        commit = planned.action == "commit"
+        if action is Action.BEGIN:
+            io_error = await _end_session(unit.tx, commit)
+        else:
+            io_error = await _end_savepoint(unit, commit)
+        committed, error = conclude(exc, planned, io_error)
+        if action is Action.SAVEPOINT and committed:
+            unit.merge_into_parent()
+            hook_error = None
+        elif action is Action.SAVEPOINT:
+            hook_error = await run_hooks_async(unit.rollback_hooks, False)
+        else:
+            hook_error = await run_hooks_async(
+                unit.commit_hooks if committed else unit.rollback_hooks, committed
+            )
+        if error is not None:
+            raise error
+        if hook_error is not None:
+            if exc is not None:
+                add_note(exc, f"uow: {hook_error}")
+                return None
+            raise hook_error
+        return None
+
+
+async def _start(tx: Transaction, options: dict[str, Any]) -> None:
+    """Check out the first connection with *options* (isolation, read-only)."""
+    session = tx.get_session()
+    try:
+        if isinstance(session, AsyncSession):
+            await session.connection(execution_options=options)
+        else:
+            await anyio.to_thread.run_sync(
+                functools.partial(session.connection, execution_options=options)
+            )
+    except BaseException:
+        await _end_session(tx, False)
+        raise
+
+
+async def _end_session(tx: Transaction, commit: bool) -> BaseException | None:
+    session = tx.session
+    if session is None:
+        return None
+    if isinstance(session, AsyncSession):
+        return await shielded(functools.partial(_end_async_session, session, commit))
+    if not tx.needs_io_to_end():
+        return end_session(session, commit)
+    return await shielded(
+        functools.partial(in_finisher, functools.partial(end_session, session, commit))
+    )
+
+
+async def _end_async_session(session: AsyncSession, commit: bool) -> BaseException | None:
+    error: BaseException | None = None
+    try:
+        if commit:
+            await session.commit()
+        else:
+            await session.rollback()
+    except BaseException as e:
+        error = e
+    finally:
+        try:
+            await session.close()
+        except Exception as e:
+            error = error or e
+    return error
+
+
+async def _end_savepoint(unit: Unit, commit: bool) -> BaseException | None:
+    if isinstance(unit.tx.session, Session):
+        async with unit.tx.async_lock():
+            return await shielded(
+                functools.partial(
+                    in_finisher, functools.partial(end_savepoint, unit, commit)
+                )
+            )
+    return await shielded(functools.partial(_end_async_savepoint, unit, commit))
+
+
+async def _end_async_savepoint(unit: Unit, commit: bool) -> BaseException | None:
+    savepoint = unit.savepoint
+    try:
+        if commit:
+            await savepoint.commit()
+        else:
+            await savepoint.rollback()
+    except BaseException as e:
+        if commit and savepoint.is_active:
+            with contextlib.suppress(Exception):
+                await savepoint.rollback()
+        return e
+    return None
+
+
+async def run_hooks_async(hooks: list[Hook], committed: bool) -> HookError | None:
+    """Run hooks first in, first out: async ones awaited, sync ones in a worker thread."""
+    first: HookError | None = None
+    for hook in hooks:
+        try:
+            if hook.is_async:
+                await hook.fn()
+            else:
+                result = await anyio.to_thread.run_sync(hook.fn)
+                if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
+                    await result
+        except Exception as e:
+            failure = hook_failure(hook, e, committed)
+            first = first or failure
+    return first

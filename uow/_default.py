@@ -1,0 +1,120 @@
+"""The default manager, set by ``configure``, and the module-level functions using it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from ._compat import AsyncEngine, async_sessionmaker
+from ._core import Propagation
+from .decorators import UnitOfWork
+from .exceptions import NotConfiguredError
+from .manager import UnitOfWorkManager
+from .proxy import SessionProxy
+
+__all__ = [
+    "configure",
+    "current_session",
+    "get_manager",
+    "on_commit",
+    "on_rollback",
+    "session",
+    "unit_of_work",
+]
+
+_manager: UnitOfWorkManager | None = None
+
+
+def configure(
+    bind: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any] | UnitOfWorkManager,
+    **options: Any,
+) -> UnitOfWorkManager:
+    """Set the default manager, used by ``uow.transactional``, ``uow.session`` and the rest.
+
+    *bind* and *options* are those of :class:`UnitOfWorkManager`, or pass a
+    ready manager. Returns the manager. Calling it again replaces the default.
+    """
+    global _manager
+    if isinstance(bind, UnitOfWorkManager):
+        if options:
+            from .exceptions import InvalidOptionError
+
+            raise InvalidOptionError(
+                "options were given with a ready UnitOfWorkManager; set them on it"
+            )
+        manager = bind
+    else:
+        manager = UnitOfWorkManager(bind, **options)
+    _manager = manager
+    return manager
+
+
+def get_manager() -> UnitOfWorkManager:
+    """Return the default manager; raise :class:`NotConfiguredError` if there is none."""
+    manager = _manager
+    if manager is None:
+        raise NotConfiguredError(
+            "uow is not configured: call uow.configure(engine) once at start-up "
+            "(with an Engine, AsyncEngine or session factory) before using "
+            "uow.transactional, uow.unit_of_work or uow.session, or use a "
+            "UnitOfWorkManager of your own"
+        )
+    return manager
+
+
+def unit_of_work(
+    *,
+    propagation: Propagation | str = Propagation.REQUIRED,
+    read_only: bool = False,
+    isolation_level: str | None = None,
+    no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    durable: bool = False,
+    retry: int = 0,
+) -> UnitOfWork:
+    """Return a unit of work of the default manager, for ``with`` and ``async with``.
+
+    Entering yields the session; the block commits when it ends normally and
+    rolls back when it raises. Options are those of :func:`transactional`
+    except ``retry`` (a block cannot be re-run).
+    """
+    return UnitOfWork(
+        get_manager,
+        propagation=propagation,
+        read_only=read_only,
+        isolation_level=isolation_level,
+        no_rollback_on=no_rollback_on,
+        durable=durable,
+        retry=retry,
+    )
+
+
+def current_session() -> Any:
+    """Return the innermost open unit's session; raise :class:`NoActiveUnitOfWork` outside one."""
+    return get_manager().current_session()
+
+
+def on_commit(
+    fn: Callable[[], Any],
+    *,
+    robust: bool = False,
+    when_no_unit: Literal["raise", "run"] = "raise",
+) -> None:
+    """Run *fn* after the outermost transaction commits; see :meth:`UnitOfWorkManager.on_commit`."""
+    get_manager().on_commit(fn, robust=robust, when_no_unit=when_no_unit)
+
+
+def on_rollback(
+    fn: Callable[[], Any],
+    *,
+    robust: bool = False,
+    when_no_unit: Literal["raise", "ignore"] = "raise",
+) -> None:
+    """Run *fn* after the unit rolls back; see :meth:`UnitOfWorkManager.on_rollback`."""
+    get_manager().on_rollback(fn, robust=robust, when_no_unit=when_no_unit)
+
+
+#: Proxy to the current unit's session of the default manager.
+session: Session = SessionProxy(get_manager)  # type: ignore[assignment]

@@ -1,0 +1,235 @@
+"""The state of units: a transaction (one session) and its boundaries (root, savepoints)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+
+import anyio
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from ._core import Outcome, UnitOptions
+from .exceptions import HookError, ReadOnlyViolation, UnexpectedRollback
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from .manager import UnitOfWorkManager
+
+__all__ = ["Hook", "Transaction", "Unit", "conclude"]
+
+logger = logging.getLogger("uow")
+_create_lock = threading.Lock()
+
+class Hook(NamedTuple):
+    fn: Callable[[], Any]
+    robust: bool
+    is_async: bool
+
+
+class Transaction:
+    """One session and its outermost transaction, shared by every unit joined to it.
+
+    The session is made on first use, so a unit that never touches the
+    database costs no session and no connection.
+    """
+
+    __slots__ = ("_lock", "driven_async", "manager", "options", "session")
+
+    def __init__(
+        self, manager: UnitOfWorkManager, options: UnitOptions, driven_async: bool
+    ) -> None:
+        self.manager = manager
+        self.options = options
+        self.session: Session | AsyncSession | None = None
+        #: True when the outermost unit is finished with ``await`` (async def / async with)
+        self.driven_async = driven_async
+        self._lock: anyio.Lock | None = None
+
+    @property
+    def is_async_session(self) -> bool:
+        return self.manager.is_async
+
+    def get_session(self) -> Session | AsyncSession:
+        """Return the session, making it on first use."""
+        session = self.session
+        if session is None:
+            with _create_lock:
+                session = self.session
+                if session is None:
+                    session = self.manager.session_factory()
+                    if self.options.read_only:
+                        _guard_read_only(session)
+                    self.session = session
+        return session
+
+    def start_options(self) -> dict[str, Any]:
+        """Return the execution options the first connection needs ({} if none)."""
+        options = self.options
+        opts: dict[str, Any] = {}
+        if options.isolation_level is not None:
+            opts["isolation_level"] = options.isolation_level
+        if options.read_only and self.manager.dialect_name == "postgresql":
+            opts["postgresql_readonly"] = True
+        return opts
+
+    def needs_io_to_end(self) -> bool:
+        """Return True if ending the session may touch the database."""
+        session = self.session
+        if session is None:
+            return False
+        sync = _sync_session(session)
+        tx = sync.get_transaction()
+        if tx is None:
+            return bool(sync.new or sync.deleted or sync.dirty)
+        connections = getattr(tx, "_connections", None)
+        if connections is None:  # pragma: no cover - SQLAlchemy internals moved
+            return True
+        return bool(connections or sync.new or sync.deleted or sync.dirty)
+
+    def async_lock(self) -> anyio.Lock:
+        """Return the lock that serializes thread work on this (sync) session."""
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = anyio.Lock()
+        return lock
+
+
+def _sync_session(session: Session | AsyncSession) -> Session:
+    return session if isinstance(session, Session) else session.sync_session
+
+
+def _guard_read_only(session: Session | AsyncSession) -> None:
+    def refuse_flush(sess: Session, *_: Any) -> None:
+        if sess.new or sess.deleted or any(sess.is_modified(o) for o in sess.dirty):
+            raise ReadOnlyViolation(
+                "this unit is read_only=True, but the session was asked to flush "
+                "changes; open a read-write unit for writes, or expunge the objects"
+            )
+
+    event.listen(_sync_session(session), "before_flush", refuse_flush)
+
+
+def has_pending_writes(session: Session | AsyncSession | None) -> bool:
+    if session is None:
+        return False
+    sync = _sync_session(session)
+    return bool(
+        sync.new or sync.deleted or any(sync.is_modified(o) for o in sync.dirty)
+    )
+
+
+class Unit:
+    """A transaction boundary: the outermost unit, or a SAVEPOINT inside it.
+
+    Joined units have no object of their own: they mark their boundary
+    rollback-only when they fail, and hooks go to the boundary.
+    """
+
+    __slots__ = (
+        "commit_hooks",
+        "parent",
+        "rollback_cause",
+        "rollback_hooks",
+        "rollback_only",
+        "savepoint",
+        "tx",
+    )
+
+    def __init__(self, tx: Transaction, parent: Unit | None = None) -> None:
+        self.tx = tx
+        self.parent = parent
+        self.savepoint: Any = None
+        self.rollback_only = False
+        self.rollback_cause: BaseException | None = None
+        self.commit_hooks: list[Hook] = []
+        self.rollback_hooks: list[Hook] = []
+
+    def mark_rollback_only(self, cause: BaseException) -> None:
+        if not self.rollback_only:
+            self.rollback_only = True
+            self.rollback_cause = cause
+
+    def merge_into_parent(self) -> None:
+        """Hand this savepoint's hooks to the enclosing unit (the savepoint was released)."""
+        parent = self.parent
+        assert parent is not None
+        parent.commit_hooks.extend(self.commit_hooks)
+        parent.rollback_hooks.extend(self.rollback_hooks)
+
+
+class Verdict(NamedTuple):
+    """What ending a unit does: commit or roll back, and the error to raise for it."""
+
+    action: Literal["commit", "rollback"]
+    error: BaseException | None
+
+
+def verdict(unit: Unit, options: UnitOptions, body: Outcome) -> Verdict:
+    """Decide how a boundary ends, given how its body ended."""
+    if body == "rollback":
+        return Verdict("rollback", None)
+    if unit.rollback_only:
+        error = UnexpectedRollback(
+            "nothing was committed: a unit joined into this one failed with "
+            f"{unit.rollback_cause!r}, which was caught before it reached here, "
+            "so the transaction was marked rollback-only; let the error propagate, "
+            "or run the inner work with propagation=NESTED (a savepoint) or "
+            "REQUIRES_NEW if its failure must not undo the outer unit"
+        )
+        error.__cause__ = unit.rollback_cause
+        return Verdict("rollback", error)
+    if options.read_only and has_pending_writes(unit.tx.session):
+        return Verdict(
+            "rollback",
+            ReadOnlyViolation(
+                "a read_only=True unit ended with pending changes in its session; "
+                "they were discarded. Open a read-write unit to write, or expunge them"
+            ),
+        )
+    return Verdict("commit", None)
+
+
+def conclude(
+    body_exc: BaseException | None,
+    planned: Verdict,
+    io_error: BaseException | None,
+) -> tuple[bool, BaseException | None]:
+    """Return (committed, error to raise) once the session's I/O is done.
+
+    ``None`` as the error means: let the body's own exception (if any) propagate.
+    """
+    if io_error is not None:
+        if planned.action == "rollback" and (
+            body_exc is not None or planned.error is not None
+        ):
+            logger.warning("uow: rollback failed", exc_info=io_error)
+            return False, planned.error
+        return False, io_error
+    return planned.action == "commit", planned.error
+
+
+def hook_failure(hook: Hook, exc: BaseException, committed: bool) -> HookError | None:
+    """Log a failed hook; return the error to raise for it (None if robust)."""
+    kind = "on_commit" if committed else "on_rollback"
+    if hook.robust:
+        logger.exception("uow: robust %s hook %r failed", kind, hook.fn)
+        return None
+    outcome = "committed" if committed else "rolled back"
+    error = HookError(
+        f"the unit {outcome} (that stands), but its {kind} hook {hook.fn!r} "
+        f"raised {exc!r}; the other hooks still ran. Pass robust=True to log "
+        "such failures instead of raising"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """Attach *note* to *exc* (``add_note`` is Python 3.11+; older ones keep it unsaid)."""
+    add = getattr(exc, "add_note", None)
+    if add is not None:
+        add(note)

@@ -1,0 +1,219 @@
+"""``transactional`` and ``unit_of_work``: one unit, as a decorator or a block."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+import anyio
+import wrapt
+
+from ._async import AsyncScope
+from ._core import Propagation, UnitOptions, backoff_delay, is_transient, make_options
+from ._detect import is_async_callable, is_generator_callable
+from ._sync import SyncScope
+from .exceptions import InvalidOptionError, NotDecoratableError, UnitOfWorkError
+
+if TYPE_CHECKING:
+    from .manager import UnitOfWorkManager
+
+__all__ = ["UnitOfWork", "transactional"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+GetManager = Callable[[], "UnitOfWorkManager"]
+
+
+def _default_manager() -> UnitOfWorkManager:
+    from ._default import get_manager
+
+    return get_manager()
+
+
+@overload
+def transactional(fn: F, /) -> F: ...
+@overload
+def transactional(
+    fn: None = None,
+    /,
+    *,
+    propagation: Propagation | str = ...,
+    read_only: bool = ...,
+    isolation_level: str | None = ...,
+    retry: int = ...,
+    no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    durable: bool = ...,
+    manager: UnitOfWorkManager | None = ...,
+) -> Callable[[F], F]: ...
+def transactional(
+    fn: Any = None,
+    /,
+    *,
+    propagation: Propagation | str = Propagation.REQUIRED,
+    read_only: bool = False,
+    isolation_level: str | None = None,
+    retry: int = 0,
+    no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    durable: bool = False,
+    manager: UnitOfWorkManager | None = None,
+) -> Any:
+    """Run the decorated function in a unit of work.
+
+    Use it bare (``@transactional``) or with options
+    (``@transactional(propagation=Propagation.NESTED, retry=3)``) on ``def``
+    and ``async def`` functions, methods, classmethods and staticmethods. The
+    unit commits when the function returns and rolls back when it raises
+    (except for types in *no_rollback_on*, which commit and still
+    propagate). *retry* re-runs an outermost unit on transient errors
+    (serialization failure, deadlock, SQLite busy) with jittered back-off.
+    Without *manager* the default one from :func:`uow.configure` is used,
+    looked up at each call.
+    """
+    options = make_options(
+        propagation=propagation,
+        read_only=read_only,
+        isolation_level=isolation_level,
+        retry=retry,
+        no_rollback_on=no_rollback_on,
+        durable=durable,
+    )
+    get_manager: GetManager = (lambda: manager) if manager is not None else _default_manager
+    if fn is None:
+        return lambda f: _decorate(f, get_manager, options)
+    return _decorate(fn, get_manager, options)
+
+
+def _decorate(fn: Any, get_manager: GetManager, options: UnitOptions) -> Any:
+    if not (callable(fn) or isinstance(fn, (classmethod, staticmethod))):
+        raise NotDecoratableError(
+            f"@transactional needs a function or method, got {fn!r} of type "
+            f"{type(fn).__name__}; to pass options, call it with keywords: "
+            "@transactional(read_only=True)"
+        )
+    if is_generator_callable(fn):
+        raise NotDecoratableError(
+            f"@transactional cannot wrap generator function {fn!r}: its body runs "
+            "while the caller iterates, after the call has returned, so no unit "
+            "can span it. Return a list instead, or open `with unit_of_work():` "
+            "around the code that consumes the generator"
+        )
+    if is_async_callable(fn):
+        return _async_wrapper(get_manager, options)(fn)
+    return _sync_wrapper(get_manager, options)(fn)
+
+
+def _sync_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
+    @wrapt.decorator  # type: ignore[untyped-decorator,unused-ignore]
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        manager = get_manager()
+        if not options.retry:
+            with SyncScope(manager, options):
+                return wrapped(*args, **kwargs)
+        attempt = 0
+        while True:
+            try:
+                with SyncScope(manager, options):
+                    return wrapped(*args, **kwargs)
+            except Exception as e:
+                if attempt >= options.retry or not is_transient(e, manager.transient):
+                    raise
+                time.sleep(backoff_delay(attempt, *manager.retry_backoff))
+                attempt += 1
+
+    return wrapper
+
+
+def _async_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
+    @wrapt.decorator  # type: ignore[untyped-decorator,unused-ignore]
+    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        manager = get_manager()
+        if not options.retry:
+            async with AsyncScope(manager, options):
+                return await wrapped(*args, **kwargs)
+        attempt = 0
+        while True:
+            try:
+                async with AsyncScope(manager, options):
+                    return await wrapped(*args, **kwargs)
+            except Exception as e:
+                if attempt >= options.retry or not is_transient(e, manager.transient):
+                    raise
+                await anyio.sleep(backoff_delay(attempt, *manager.retry_backoff))
+                attempt += 1
+
+    return wrapper
+
+
+class UnitOfWork:
+    """One unit of work as a block: ``with`` in sync code, ``async with`` in async code.
+
+    Entering yields the unit's session (``None`` for propagation kinds that
+    run without a unit). One object runs one block at a time; call
+    ``unit_of_work()`` again for another.
+    """
+
+    __slots__ = ("_get_manager", "_options", "_scope")
+
+    def __init__(
+        self,
+        get_manager: GetManager,
+        *,
+        propagation: Propagation | str = Propagation.REQUIRED,
+        read_only: bool = False,
+        isolation_level: str | None = None,
+        no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+        durable: bool = False,
+        retry: int = 0,
+    ) -> None:
+        if retry:
+            raise InvalidOptionError(
+                f"retry={retry!r}: a `with` block cannot be run again; put the work "
+                "in a function and decorate it with @transactional(retry=...)"
+            )
+        self._get_manager = get_manager
+        self._options = make_options(
+            propagation=propagation,
+            read_only=read_only,
+            isolation_level=isolation_level,
+            no_rollback_on=no_rollback_on,
+            durable=durable,
+        )
+        self._scope: SyncScope | AsyncScope | None = None
+
+    def _claim(self, scope: SyncScope | AsyncScope) -> None:
+        if self._scope is not None:
+            raise UnitOfWorkError(
+                "this unit_of_work() object is already running a block; call "
+                "unit_of_work() again for each block"
+            )
+        self._scope = scope
+
+    def __enter__(self) -> Any:
+        scope = SyncScope(self._get_manager(), self._options)
+        self._claim(scope)
+        try:
+            unit = scope.__enter__()
+        except BaseException:
+            self._scope = None
+            raise
+        return None if unit is None else unit.tx.get_session()
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        scope, self._scope = self._scope, None
+        assert isinstance(scope, SyncScope)
+        return scope.__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> Any:
+        scope = AsyncScope(self._get_manager(), self._options)
+        self._claim(scope)
+        try:
+            unit = await scope.__aenter__()
+        except BaseException:
+            self._scope = None
+            raise
+        return None if unit is None else unit.tx.get_session()
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        scope, self._scope = self._scope, None
+        assert isinstance(scope, AsyncScope)
+        return await scope.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,88 @@
+"""``uow.session``: a proxy whose attributes are those of the current unit's session."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from .concurrency import on_event_loop
+from .exceptions import BlockingSessionUse
+
+if TYPE_CHECKING:
+    from .manager import UnitOfWorkManager
+
+__all__ = ["SessionProxy"]
+
+#: Session attributes that never touch the database, safe on the event loop.
+_NO_IO = frozenset(
+    {
+        "add",
+        "add_all",
+        "expunge",
+        "expunge_all",
+        "info",
+        "new",
+        "dirty",
+        "deleted",
+        "identity_map",
+        "is_active",
+        "in_transaction",
+        "in_nested_transaction",
+        "is_modified",
+        "get_bind",
+        "bind",
+        "no_autoflush",
+        "expire",
+        "expire_all",
+        "sync_session",
+    }
+)
+
+
+class SessionProxy:
+    """Forward attribute access to the current unit's session.
+
+    With a sync session owned by an async unit, anything that may do I/O
+    raises :class:`BlockingSessionUse` on the event loop thread: run that
+    work with ``await uow.run_sync(fn)``.
+    """
+
+    __slots__ = ("_get_manager",)
+
+    def __init__(self, get_manager: Callable[[], UnitOfWorkManager]) -> None:
+        self._get_manager = get_manager
+
+    def _session(self, name: str) -> Any:
+        manager = self._get_manager()
+        session = manager.current_session()
+        if (
+            name not in _NO_IO
+            and isinstance(session, Session)
+            and on_event_loop()
+        ):
+            unit = manager._current.get()
+            if unit is not None and unit.tx.driven_async:
+                raise BlockingSessionUse(
+                    f"uow.session.{name} was used on the event loop thread, but the "
+                    "unit's session is sync and would block the loop. Run the work "
+                    "in a thread with `await uow.run_sync(fn)`, use a sync endpoint, "
+                    "or configure uow with an AsyncEngine"
+                )
+        return session
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session(name), name)
+
+    def __contains__(self, instance: object) -> bool:
+        return instance in self._session("__contains__")
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._session("__iter__"))
+
+    def __repr__(self) -> str:
+        try:
+            return f"<uow.session proxy to {self._get_manager().current_session()!r}>"
+        except Exception:
+            return "<uow.session proxy (no unit open)>"

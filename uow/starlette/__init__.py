@@ -1,0 +1,1 @@
+"""Starlette and FastAPI adapters."""
