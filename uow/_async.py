@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from ._compat import AsyncSession
 from ._core import Action, UnitOptions, check_joinable, decide, outcome
 from ._sync import end_savepoint, end_session
-from ._unit import Hook, Transaction, Unit, add_note, conclude, hook_failure, verdict
+from ._unit import Hook, Transaction, Unit, conclude, hook_failure, live, settle, verdict
 from .concurrency import in_finisher, serial_tx, shielded
 from .exceptions import HookError
 
@@ -42,7 +42,7 @@ class AsyncScope:
     async def __aenter__(self) -> Unit | None:
         manager = self.manager
         options = self.options
-        current = manager._current.get()
+        current = live(manager._current.get())
         action = self.action = decide(options, current is not None)
         if action is Action.NONE:
             self.unit = None
@@ -92,30 +92,44 @@ class AsyncScope:
             serial_tx.reset(self.serial_token)
         unit = self.unit
         assert unit is not None
-        planned = verdict(unit, self.options, outcome(self.options, exc))
-        commit = planned.action == "commit"
-        if action is Action.BEGIN:
-            io_error = await _end_session(unit.tx, commit)
-        else:
-            io_error = await _end_savepoint(unit, commit)
-        committed, error = conclude(exc, planned, io_error)
-        if action is Action.SAVEPOINT and committed:
-            unit.merge_into_parent()
-            hook_error = None
-        elif action is Action.SAVEPOINT:
-            hook_error = await run_hooks_async(unit.rollback_hooks, False)
-        else:
-            hook_error = await run_hooks_async(
-                unit.commit_hooks if committed else unit.rollback_hooks, committed
-            )
+        error = await end_unit(unit, self.options, exc, savepoint=action is Action.SAVEPOINT)
         if error is not None:
             raise error
-        if hook_error is not None:
-            if exc is not None:
-                add_note(exc, f"uow: {hook_error}")
-                return None
-            raise hook_error
         return None
+
+
+async def end_unit(
+    unit: Unit,
+    options: UnitOptions,
+    exc: BaseException | None,
+    *,
+    savepoint: bool = False,
+    rollback: bool = False,
+) -> BaseException | None:
+    """End a root or savepoint unit whose body ended with *exc*; return what to raise.
+
+    *rollback* forces a rollback without an exception (a request answered
+    with an error status). ``None`` means: let *exc* (if any) propagate.
+    """
+    planned = verdict(unit, options, "rollback" if rollback else outcome(options, exc))
+    commit = planned.action == "commit"
+    if savepoint:
+        io_error = await _end_savepoint(unit, commit)
+    else:
+        unit.tx.ended = True
+        io_error = await _end_session(unit.tx, commit)
+    committed, error = conclude(exc, planned, io_error)
+    if savepoint and committed:
+        unit.merge_into_parent()
+        return error
+    if savepoint:
+        hook_error = await run_hooks_async(unit.rollback_hooks, False)
+    else:
+        unit.tx.committed = committed
+        hook_error = await run_hooks_async(
+            unit.commit_hooks if committed else unit.rollback_hooks, committed
+        )
+    return settle(exc, error, hook_error)
 
 
 async def _start(tx: Transaction, options: dict[str, Any]) -> None:

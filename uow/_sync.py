@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from ._core import Action, UnitOptions, check_joinable, decide, outcome
-from ._unit import Hook, Transaction, Unit, add_note, conclude, hook_failure, logger, verdict
+from ._unit import Hook, Transaction, Unit, conclude, hook_failure, live, logger, settle, verdict
 from .concurrency import on_event_loop
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
@@ -30,7 +30,7 @@ class SyncScope:
     def __enter__(self) -> Unit | None:
         manager = self.manager
         options = self.options
-        current = manager._current.get()
+        current = live(manager._current.get())
         action = self.action = decide(options, current is not None)
         if action is Action.NONE:
             self.unit = None
@@ -91,30 +91,33 @@ class SyncScope:
             return None
         unit = self.unit
         assert unit is not None
-        planned = verdict(unit, self.options, outcome(self.options, exc))
-        commit = planned.action == "commit"
-        if action is Action.BEGIN:
-            io_error = end_session(unit.tx.session, commit)  # type: ignore[arg-type]
-        else:
-            io_error = end_savepoint(unit, commit)
-        committed, error = conclude(exc, planned, io_error)
-        if action is Action.SAVEPOINT and committed:
-            unit.merge_into_parent()
-            hook_error = None
-        elif action is Action.SAVEPOINT:
-            hook_error = run_hooks(unit.rollback_hooks, False)
-        else:
-            hook_error = run_hooks(
-                unit.commit_hooks if committed else unit.rollback_hooks, committed
-            )
+        error = end_unit(unit, self.options, exc, savepoint=action is Action.SAVEPOINT)
         if error is not None:
             raise error
-        if hook_error is not None:
-            if exc is not None:
-                add_note(exc, f"uow: {hook_error}")
-                return None
-            raise hook_error
         return None
+
+
+def end_unit(
+    unit: Unit, options: UnitOptions, exc: BaseException | None, *, savepoint: bool = False
+) -> BaseException | None:
+    """End a root or savepoint unit whose body ended with *exc*; return what to raise."""
+    planned = verdict(unit, options, outcome(options, exc))
+    commit = planned.action == "commit"
+    if savepoint:
+        io_error = end_savepoint(unit, commit)
+    else:
+        unit.tx.ended = True
+        io_error = end_session(unit.tx.session, commit)  # type: ignore[arg-type]
+    committed, error = conclude(exc, planned, io_error)
+    if savepoint and committed:
+        unit.merge_into_parent()
+        return error
+    if savepoint:
+        hook_error = run_hooks(unit.rollback_hooks, False)
+    else:
+        unit.tx.committed = committed
+        hook_error = run_hooks(unit.commit_hooks if committed else unit.rollback_hooks, committed)
+    return settle(exc, error, hook_error)
 
 
 def end_session(session: Session | None, commit: bool) -> BaseException | None:

@@ -12,7 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from ._core import Outcome, UnitOptions
-from .exceptions import HookError, ReadOnlyViolation, UnexpectedRollback
+from .exceptions import HookError, NoActiveUnitOfWork, ReadOnlyViolation, UnexpectedRollback
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,7 +37,7 @@ class Transaction:
     database costs no session and no connection.
     """
 
-    __slots__ = ("_lock", "driven_async", "manager", "options", "session")
+    __slots__ = ("_lock", "committed", "driven_async", "ended", "manager", "options", "session")
 
     def __init__(
         self, manager: UnitOfWorkManager, options: UnitOptions, driven_async: bool
@@ -47,6 +47,10 @@ class Transaction:
         self.session: Session | AsyncSession | None = None
         #: True when the outermost unit is finished with ``await`` (async def / async with)
         self.driven_async = driven_async
+        #: set when the unit begins to end; its session is then off limits
+        self.ended = False
+        #: the outcome, once known: True committed, False rolled back
+        self.committed: bool | None = None
         self._lock: anyio.Lock | None = None
 
     @property
@@ -56,6 +60,12 @@ class Transaction:
     def get_session(self) -> Session | AsyncSession:
         """Return the session, making it on first use."""
         session = self.session
+        if self.ended:
+            raise NoActiveUnitOfWork(
+                "this unit of work has already ended (a request's unit ends when its "
+                "response starts), so its session is closed. Open a unit of your own "
+                "for this work: `with uow.unit_of_work():` or @uow.transactional"
+            )
         if session is None:
             with _create_lock:
                 session = self.session
@@ -120,6 +130,13 @@ def has_pending_writes(session: Session | AsyncSession | None) -> bool:
     return bool(
         sync.new or sync.deleted or any(sync.is_modified(o) for o in sync.dirty)
     )
+
+
+def live(unit: Unit | None) -> Unit | None:
+    """Return *unit* if it is open, None if there is none or it has ended."""
+    if unit is None or unit.tx.ended:
+        return None
+    return unit
 
 
 class Unit:
@@ -233,3 +250,15 @@ def add_note(exc: BaseException, note: str) -> None:
     add = getattr(exc, "add_note", None)
     if add is not None:
         add(note)
+
+
+def settle(
+    exc: BaseException | None, error: BaseException | None, hook_error: HookError | None
+) -> BaseException | None:
+    """Return what ending a unit raises: its own error, else a hook's unless *exc* propagates."""
+    if error is not None:
+        return error
+    if hook_error is not None and exc is not None:
+        add_note(exc, f"uow: {hook_error}")
+        return None
+    return hook_error

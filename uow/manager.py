@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ._compat import AsyncEngine, async_sessionmaker
 from ._core import TransientPredicate
 from ._detect import is_async_callable
-from ._unit import Hook, Unit
+from ._unit import Hook, Unit, live
 from .concurrency import run_sync
 from .exceptions import InvalidOptionError, NoActiveUnitOfWork, SessionKindError
 from .sqlite import enable_savepoints
@@ -119,7 +119,7 @@ class UnitOfWorkManager:
 
     def in_unit(self) -> bool:
         """Return True if a unit of this manager is open in the caller's context."""
-        return self._current.get() is not None
+        return live(self._current.get()) is not None
 
     def current_session(self) -> Any:
         """Return the session of the innermost open unit; raise :class:`NoActiveUnitOfWork`."""
@@ -186,7 +186,7 @@ class UnitOfWorkManager:
                 f"when_no_unit={when_no_unit!r} must be one of {allowed}"
             )
         is_async = is_async_callable(fn)
-        unit = self._current.get()
+        unit = live(self._current.get())
         if unit is None:
             if when_no_unit == "raise":
                 kind = "on_commit" if commit else "on_rollback"

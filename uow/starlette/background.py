@@ -1,0 +1,87 @@
+"""``BackgroundTask``: work after the response, in a unit of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, ParamSpec
+
+from starlette.background import BackgroundTask as StarletteBackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from .._async import AsyncScope
+from .._core import Propagation, UnitOptions
+from .._default import get_manager
+from .._sync import SyncScope
+from .._unit import Unit
+from ..exceptions import NotConfiguredError
+from ..manager import UnitOfWorkManager
+
+__all__ = ["BackgroundTask", "RunWhen"]
+
+P = ParamSpec("P")
+RunWhen = Literal["committed", "always", "rolled_back"]
+_OWN_UNIT = UnitOptions(propagation=Propagation.REQUIRES_NEW)
+
+
+class BackgroundTask(StarletteBackgroundTask):
+    """A Starlette background task that runs *func* in its own, new unit of work.
+
+    The task never sees the request's session: ``uow.session`` in *func* is
+    a fresh session, committed when *func* returns. ``def`` functions run in
+    the threadpool. By default the task runs only if the request's unit
+    committed (made inside a request without a unit, it always runs); use
+    :meth:`when` for ``"always"`` or ``"rolled_back"``.
+    """
+
+    def __init__(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
+        super().__init__(func, *args, **kwargs)
+        self.run_when: RunWhen = "committed"
+        self.request_unit: Unit | None = None
+        self.manager: UnitOfWorkManager | None = None
+        try:
+            self.manager = get_manager()
+        except NotConfiguredError:  # a manager may still come from .using()
+            self.manager = None
+        if self.manager is not None:
+            self.request_unit = self.manager._current.get()
+
+    def when(self, run_when: RunWhen) -> BackgroundTask:
+        """Run the task when the request's unit ``"committed"``, ``"rolled_back"``, or ``"always"``."""
+        if run_when not in ("committed", "always", "rolled_back"):
+            from ..exceptions import InvalidOptionError
+
+            raise InvalidOptionError(
+                f"run_when={run_when!r} must be 'committed', 'rolled_back' or 'always'"
+            )
+        self.run_when = run_when
+        return self
+
+    def using(self, manager: UnitOfWorkManager) -> BackgroundTask:
+        """Open the task's unit (and find the request's) with *manager* instead of the default."""
+        self.manager = manager
+        self.request_unit = manager._current.get()
+        return self
+
+    def should_run(self) -> bool:
+        """Return whether the request's outcome lets this task run."""
+        unit = self.request_unit
+        if self.run_when == "always" or unit is None:
+            return True
+        committed = unit.tx.committed
+        if self.run_when == "committed":
+            return committed is True
+        return committed is False
+
+    async def __call__(self) -> None:
+        if not self.should_run():
+            return
+        manager = self.manager or get_manager()
+        if self.is_async:
+            async with AsyncScope(manager, _OWN_UNIT):
+                await self.func(*self.args, **self.kwargs)
+        else:
+            await run_in_threadpool(self._run_in_unit, manager)
+
+    def _run_in_unit(self, manager: UnitOfWorkManager) -> None:
+        with SyncScope(manager, _OWN_UNIT):
+            self.func(*self.args, **self.kwargs)
