@@ -19,7 +19,18 @@ from sqlalchemy.orm import Session
 from ._compat import AsyncSession
 from ._core import Action, UnitOptions, check_joinable, decide, outcome
 from ._sync import end_savepoint, end_session
-from ._unit import Hook, Transaction, Unit, conclude, hook_failure, live, settle, verdict
+from ._unit import (
+    Hook,
+    Transaction,
+    Unit,
+    conclude,
+    hook_failure,
+    hooks_after_end,
+    live,
+    log_end,
+    settle,
+    verdict,
+)
 from .concurrency import in_finisher, serial_tx, shielded
 from .exceptions import HookError
 
@@ -119,16 +130,15 @@ async def end_unit(
         unit.tx.ended = True
         io_error = await _end_session(unit.tx, commit)
     committed, error = conclude(exc, planned, io_error)
+    if unit.started:
+        log_end(unit, committed, savepoint)
     if savepoint and committed:
         unit.merge_into_parent()
         return error
     if savepoint:
         hook_error = await run_hooks_async(unit.rollback_hooks, False)
     else:
-        unit.tx.committed = committed
-        hook_error = await run_hooks_async(
-            unit.commit_hooks if committed else unit.rollback_hooks, committed
-        )
+        hook_error = await run_hooks_async(hooks_after_end(unit, committed), committed)
     return settle(exc, error, hook_error)
 
 

@@ -8,7 +8,19 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.orm import Session
 
 from ._core import Action, UnitOptions, check_joinable, decide, outcome
-from ._unit import Hook, Transaction, Unit, conclude, hook_failure, live, logger, settle, verdict
+from ._unit import (
+    Hook,
+    Transaction,
+    Unit,
+    conclude,
+    hook_failure,
+    hooks_after_end,
+    live,
+    log_end,
+    logger,
+    settle,
+    verdict,
+)
 from .concurrency import on_event_loop
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
@@ -109,14 +121,15 @@ def end_unit(
         unit.tx.ended = True
         io_error = end_session(unit.tx.session, commit)  # type: ignore[arg-type]
     committed, error = conclude(exc, planned, io_error)
+    if unit.started:
+        log_end(unit, committed, savepoint)
     if savepoint and committed:
         unit.merge_into_parent()
         return error
     if savepoint:
         hook_error = run_hooks(unit.rollback_hooks, False)
     else:
-        unit.tx.committed = committed
-        hook_error = run_hooks(unit.commit_hooks if committed else unit.rollback_hooks, committed)
+        hook_error = run_hooks(hooks_after_end(unit, committed), committed)
     return settle(exc, error, hook_error)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import anyio
@@ -84,6 +85,10 @@ class Transaction:
             opts["isolation_level"] = options.isolation_level
         if options.read_only and self.manager.dialect_name == "postgresql":
             opts["postgresql_readonly"] = True
+        if opts and self.manager._external_transaction:
+            # inside a test's outer transaction the connection is already
+            # begun: its isolation and read-only mode cannot change
+            return {}
         return opts
 
     def needs_io_to_end(self) -> bool:
@@ -153,11 +158,14 @@ class Unit:
         "rollback_hooks",
         "rollback_only",
         "savepoint",
+        "started",
         "tx",
     )
 
     def __init__(self, tx: Transaction, parent: Unit | None = None) -> None:
         self.tx = tx
+        #: perf_counter() at the start when the ``uow`` logger is at DEBUG, else 0
+        self.started = perf_counter() if logger.isEnabledFor(logging.DEBUG) else 0.0
         self.parent = parent
         self.savepoint: Any = None
         self.rollback_only = False
@@ -262,3 +270,37 @@ def settle(
         add_note(exc, f"uow: {hook_error}")
         return None
     return hook_error
+
+
+def hooks_after_end(unit: Unit, committed: bool) -> list[Hook]:
+    """Record the outermost unit's outcome; return the hooks to run now.
+
+    Under ``uow.testing`` the commit hooks are captured for the test instead.
+    """
+    unit.tx.committed = committed
+    if not committed:
+        return unit.rollback_hooks
+    sink = unit.tx.manager._hook_sink
+    if sink is None:
+        return unit.commit_hooks
+    sink.extend(unit.commit_hooks)
+    return []
+
+
+def log_end(unit: Unit, committed: bool, savepoint: bool) -> None:
+    """Write the one DEBUG record of a unit that ended (only when DEBUG is on)."""
+    duration = perf_counter() - unit.started
+    propagation = unit.tx.options.propagation.name
+    logger.debug(
+        "uow: %s %s in %.3f ms (propagation=%s)",
+        "savepoint" if savepoint else "unit",
+        ("released" if savepoint else "committed") if committed else "rolled back",
+        duration * 1000,
+        propagation,
+        extra={
+            "uow_outcome": "commit" if committed else "rollback",
+            "uow_savepoint": savepoint,
+            "uow_duration": duration,
+            "uow_propagation": propagation,
+        },
+    )

@@ -13,6 +13,7 @@ from ._async import AsyncScope
 from ._core import Propagation, UnitOptions, backoff_delay, is_transient, make_options
 from ._detect import is_async_callable, is_generator_callable
 from ._sync import SyncScope
+from ._unit import logger
 from .exceptions import InvalidOptionError, NotDecoratableError, UnitOfWorkError
 
 if TYPE_CHECKING:
@@ -117,8 +118,9 @@ def _sync_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
             except Exception as e:
                 if attempt >= options.retry or not is_transient(e, manager.transient):
                     raise
-                time.sleep(backoff_delay(attempt, *manager.retry_backoff))
                 attempt += 1
+                _log_retry(wrapped, e, attempt, options.retry)
+                time.sleep(backoff_delay(attempt - 1, *manager.retry_backoff))
 
     return wrapper
 
@@ -138,10 +140,22 @@ def _async_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
             except Exception as e:
                 if attempt >= options.retry or not is_transient(e, manager.transient):
                     raise
-                await anyio.sleep(backoff_delay(attempt, *manager.retry_backoff))
                 attempt += 1
+                _log_retry(wrapped, e, attempt, options.retry)
+                await anyio.sleep(backoff_delay(attempt - 1, *manager.retry_backoff))
 
     return wrapper
+
+
+def _log_retry(fn: Any, error: BaseException, attempt: int, retries: int) -> None:
+    logger.debug(
+        "uow: retry %d of %d for %s after transient %r",
+        attempt,
+        retries,
+        getattr(fn, "__qualname__", fn),
+        error,
+        extra={"uow_retry": attempt},
+    )
 
 
 class UnitOfWork:

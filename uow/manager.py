@@ -99,6 +99,10 @@ class UnitOfWorkManager:
             f"uow_unit_{id(self):x}", default=None
         )
         self._proxy: SessionProxy | None = None
+        #: set by uow.testing: commit hooks are captured here instead of run
+        self._hook_sink: list[Hook] | None = None
+        #: set by uow.testing: sessions run inside a test's outer transaction
+        self._external_transaction = False
 
     def __repr__(self) -> str:
         return f"<UnitOfWorkManager {self.session_factory!r}>"

@@ -1,0 +1,156 @@
+"""Test isolation: each test runs in an outer transaction that is rolled back afterwards.
+
+The code under test commits and rolls back its own units as usual; they
+commit to SAVEPOINTs of the test's transaction (SQLAlchemy's "join a session
+into an external transaction" recipe, ``join_transaction_mode=
+"create_savepoint"``), so nothing outlives the test. ``on_commit`` hooks are
+captured for the test to inspect or run, as with Django's
+``captureOnCommitCallbacks``.
+
+As a pytest plugin (registered through the ``pytest11`` entry point, opt-in
+by fixture): define a ``uow_engine`` fixture returning your sync ``Engine``,
+and request ``uow_test``. For an ``AsyncEngine``, use :func:`async_rollback_after`
+in an async fixture of your own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import sessionmaker
+
+from . import _default
+from ._compat import AsyncEngine, async_sessionmaker
+from ._detect import is_async_callable
+from ._unit import Hook
+from .manager import UnitOfWorkManager
+from .sqlite import enable_savepoints
+
+if TYPE_CHECKING:
+    import pytest
+
+__all__ = ["TestTransaction", "async_rollback_after", "rollback_after", "uow_test"]
+
+
+class TestTransaction:
+    """What a test sees: the manager bound to the test's transaction, and the hooks.
+
+    While it is active, ``uow.configure``'s default manager is this one, so
+    ``uow.transactional``, ``uow.session`` and ``UnitOfWorkMiddleware``
+    (without ``manager=``) use it.
+    """
+
+    __test__ = False  # not a test class for pytest
+
+    def __init__(self, manager: UnitOfWorkManager, hooks: list[Hook]) -> None:
+        self.manager = manager
+        self._hooks = hooks
+
+    @property
+    def on_commit_callbacks(self) -> list[Any]:
+        """The captured ``on_commit`` callables, in order, not yet run."""
+        return [hook.fn for hook in self._hooks]
+
+    def run_on_commit(self) -> int:
+        """Run the captured sync ``on_commit`` callables (and forget them); return how many ran."""
+        hooks, self._hooks[:] = list(self._hooks), []
+        for hook in hooks:
+            if hook.is_async:
+                raise TypeError(f"{hook.fn!r} is async: use `await run_on_commit_async()`")
+            hook.fn()
+        return len(hooks)
+
+    async def run_on_commit_async(self) -> int:
+        """Run the captured ``on_commit`` callables, awaiting async ones; return how many ran."""
+        hooks, self._hooks[:] = list(self._hooks), []
+        for hook in hooks:
+            result = hook.fn()
+            if hook.is_async or is_async_callable(hook.fn) or hasattr(result, "__await__"):
+                await result
+        return len(hooks)
+
+
+@contextmanager
+def rollback_after(
+    engine: Engine, *, capture_on_commit: bool = True, **session_options: Any
+) -> Iterator[TestTransaction]:
+    """Run the block in a transaction on *engine* that is rolled back at the end.
+
+    Units inside commit to savepoints. With *capture_on_commit* (the
+    default), ``on_commit`` hooks are kept on the returned object instead of
+    run; pass False to run them when their unit ends, as in production.
+    """
+    enable_savepoints(engine)
+    connection = engine.connect()
+    outer = connection.begin()
+    factory = sessionmaker(
+        bind=connection,
+        join_transaction_mode="create_savepoint",
+        **{"expire_on_commit": False, **session_options},
+    )
+    with _installed(factory, capture_on_commit) as test:
+        try:
+            yield test
+        finally:
+            if outer.is_active:
+                outer.rollback()
+            connection.close()
+
+
+@asynccontextmanager
+async def async_rollback_after(
+    engine: AsyncEngine, *, capture_on_commit: bool = True, **session_options: Any
+) -> AsyncIterator[TestTransaction]:
+    """The async form of :func:`rollback_after`, for an ``AsyncEngine``."""
+    enable_savepoints(engine)
+    connection = await engine.connect()
+    outer = await connection.begin()
+    factory = async_sessionmaker(
+        bind=connection,
+        join_transaction_mode="create_savepoint",
+        **{"expire_on_commit": False, **session_options},
+    )
+    with _installed(factory, capture_on_commit) as test:
+        try:
+            yield test
+        finally:
+            if outer.is_active:
+                await outer.rollback()
+            await connection.close()
+
+
+@contextmanager
+def _installed(factory: Any, capture: bool) -> Iterator[TestTransaction]:
+    manager = UnitOfWorkManager(factory)
+    manager._external_transaction = True
+    hooks: list[Hook] = []
+    if capture:
+        manager._hook_sink = hooks
+    previous = _default._manager
+    _default.configure(manager)
+    try:
+        yield TestTransaction(manager, hooks)
+    finally:
+        _default._manager = previous
+
+
+try:
+    import pytest as _pytest
+except ImportError:  # pragma: no cover - the plugin needs pytest, the helpers do not
+    pass
+else:
+
+    @_pytest.fixture
+    def uow_test(request: pytest.FixtureRequest) -> Iterator[TestTransaction]:
+        """Run the test in a transaction on the ``uow_engine`` fixture's engine, rolled back after."""
+        engine = request.getfixturevalue("uow_engine")
+        if not isinstance(engine, Engine):
+            raise TypeError(
+                "the uow_test fixture needs a `uow_engine` fixture returning a sync Engine; "
+                "for an AsyncEngine use `async with uow.testing.async_rollback_after(engine)`"
+            )
+        with rollback_after(engine) as test:
+            yield test
