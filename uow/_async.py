@@ -31,7 +31,7 @@ from ._unit import (
     settle,
     verdict,
 )
-from .concurrency import in_finisher, serial_tx, shielded
+from .concurrency import in_finisher, serial_tx, session_thread, shielded
 from .exceptions import HookError
 
 if TYPE_CHECKING:
@@ -81,8 +81,11 @@ class AsyncScope:
             if isinstance(session, AsyncSession):
                 unit.savepoint = await session.begin_nested()
             else:
-                async with current.tx.async_lock():
-                    unit.savepoint = await anyio.to_thread.run_sync(session.begin_nested)
+                tx = current.tx
+                async with tx.async_lock():
+                    unit.savepoint = await session_thread(
+                        session.begin_nested, holds_connection=tx.holds_connection()
+                    )
         self.unit = unit
         self.token = manager._current.set(unit)
         return unit
@@ -121,14 +124,28 @@ async def end_unit(
 
     *rollback* forces a rollback without an exception (a request answered
     with an error status). ``None`` means: let *exc* (if any) propagate.
+
+    The whole end is shielded from cancellation: the session I/O and then the
+    hooks of the outcome (``on_rollback`` for a unit rolled back because it
+    was cancelled, ``on_commit`` for one whose COMMIT had begun) run to the
+    end, and a cancellation that arrived meanwhile is raised afterwards.
     """
+    return await shielded(
+        functools.partial(_end_unit, unit, options, exc, savepoint=savepoint, rollback=rollback)
+    )
+
+
+async def _end_unit(
+    unit: Unit, options: UnitOptions, exc: BaseException | None, *, savepoint: bool, rollback: bool
+) -> BaseException | None:
     planned = verdict(unit, options, "rollback" if rollback else outcome(options, exc))
     commit = planned.action == "commit"
     if savepoint:
         io_error = await _end_savepoint(unit, commit)
     else:
         unit.tx.ended = True
-        io_error = await _end_session(unit.tx, commit)
+        # a read-only unit that succeeded counts as committed, but never COMMITs
+        io_error = await _end_session(unit.tx, commit and not options.read_only)
     committed, error = conclude(exc, planned, io_error)
     if unit.started:
         log_end(unit, committed, savepoint)
@@ -149,8 +166,9 @@ async def _start(tx: Transaction, options: dict[str, Any]) -> None:
         if isinstance(session, AsyncSession):
             await session.connection(execution_options=options)
         else:
-            await anyio.to_thread.run_sync(
-                functools.partial(session.connection, execution_options=options)
+            await session_thread(
+                functools.partial(session.connection, execution_options=options),
+                holds_connection=False,
             )
     except BaseException:
         await _end_session(tx, False)
@@ -163,11 +181,17 @@ async def _end_session(tx: Transaction, commit: bool) -> BaseException | None:
         return None
     if isinstance(session, AsyncSession):
         return await shielded(functools.partial(_end_async_session, session, commit))
-    if not tx.needs_io_to_end():
+    lock = tx.async_lock()
+    if not lock.locked() and not tx.needs_io_to_end():
         return end_session(session, commit)
-    return await shielded(
-        functools.partial(in_finisher, functools.partial(end_session, session, commit))
-    )
+    return await shielded(functools.partial(_end_sync_session, tx, session, commit))
+
+
+async def _end_sync_session(tx: Transaction, session: Session, commit: bool) -> BaseException | None:
+    # A task the unit started (asyncio.gather's siblings of a failed child) may
+    # still be running session work in a thread: wait for it before ending.
+    async with tx.async_lock():
+        return await in_finisher(functools.partial(end_session, session, commit))
 
 
 async def _end_async_session(session: AsyncSession, commit: bool) -> BaseException | None:
@@ -189,13 +213,14 @@ async def _end_async_session(session: AsyncSession, commit: bool) -> BaseExcepti
 
 async def _end_savepoint(unit: Unit, commit: bool) -> BaseException | None:
     if isinstance(unit.tx.session, Session):
-        async with unit.tx.async_lock():
-            return await shielded(
-                functools.partial(
-                    in_finisher, functools.partial(end_savepoint, unit, commit)
-                )
-            )
+        return await shielded(functools.partial(_end_sync_savepoint, unit, commit))
     return await shielded(functools.partial(_end_async_savepoint, unit, commit))
+
+
+async def _end_sync_savepoint(unit: Unit, commit: bool) -> BaseException | None:
+    # the lock is taken inside the shield: a cancelled scope must not skip the end
+    async with unit.tx.async_lock():
+        return await in_finisher(functools.partial(end_savepoint, unit, commit))
 
 
 async def _end_async_savepoint(unit: Unit, commit: bool) -> BaseException | None:

@@ -119,7 +119,8 @@ def end_unit(
         io_error = end_savepoint(unit, commit)
     else:
         unit.tx.ended = True
-        io_error = end_session(unit.tx.session, commit)  # type: ignore[arg-type]
+        # a read-only unit that succeeded counts as committed, but never COMMITs
+        io_error = end_session(unit.tx.session, commit and not options.read_only)  # type: ignore[arg-type]
     committed, error = conclude(exc, planned, io_error)
     if unit.started:
         log_end(unit, committed, savepoint)

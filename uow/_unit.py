@@ -97,13 +97,20 @@ class Transaction:
         if session is None:
             return False
         sync = _sync_session(session)
-        tx = sync.get_transaction()
+        return self.holds_connection() or bool(sync.new or sync.deleted or sync.dirty)
+
+    def holds_connection(self) -> bool:
+        """Return True if the session has checked out a connection (it holds it until it ends)."""
+        session = self.session
+        if session is None:
+            return False
+        tx = _sync_session(session).get_transaction()
         if tx is None:
-            return bool(sync.new or sync.deleted or sync.dirty)
+            return False
         connections = getattr(tx, "_connections", None)
         if connections is None:  # pragma: no cover - SQLAlchemy internals moved
             return True
-        return bool(connections or sync.new or sync.deleted or sync.dirty)
+        return bool(connections)
 
     def async_lock(self) -> anyio.Lock:
         """Return the lock that serializes thread work on this (sync) session."""

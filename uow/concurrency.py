@@ -1,16 +1,23 @@
 """The only place uow starts threads: ``run_sync`` and the session finisher.
 
 Blocking work called from async code goes to a worker thread with the
-caller's context. Ending a sync session (commit, rollback, close) runs on a
+caller's context. Ending a sync session (commit, rollback, close), and any
+thread work of a unit whose session already holds a connection, runs on a
 limiter of its own, so it never waits for a token of the threadpool that
-endpoints and ``run_sync`` share: a connection can always be given back,
-which is what keeps a small pool from deadlocking.
+endpoints and ``run_sync`` share (tokens that threads waiting for a pooled
+connection may all be holding): a connection can always be used to the end
+and given back, which is what keeps a small pool from deadlocking.
+
+Once a thread works on a unit's session, it is waited for even if the task
+is cancelled (``Task.cancel()`` included), so the unit's end never uses the
+session from a second thread at the same time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -29,6 +36,7 @@ T = TypeVar("T")
 
 _finisher_size = 32
 _finisher: RunVar[anyio.CapacityLimiter] = RunVar("uow_finisher")
+_unlimited: RunVar[anyio.CapacityLimiter] = RunVar("uow_unlimited")
 
 #: the innermost async-driven unit whose session is sync; run_sync serializes on it
 serial_tx: ContextVar[Transaction | None] = ContextVar("uow_serial_tx", default=None)
@@ -60,6 +68,15 @@ def _finisher_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
+def _unlimited_limiter() -> anyio.CapacityLimiter:
+    try:
+        return _unlimited.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(math.inf)
+        _unlimited.set(limiter)
+        return limiter
+
+
 async def in_finisher(fn: Callable[[], T]) -> T:
     """Run *fn* (session I/O) in a thread of the finisher's own limiter."""
     return await anyio.to_thread.run_sync(fn, limiter=_finisher_limiter())
@@ -70,24 +87,41 @@ async def shielded(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
     anyio's shield stops cancel scopes; a native ``Task.cancel()`` gets through
     it, so on asyncio the work runs in a task of its own that is awaited until
-    done. A cancellation that arrived meanwhile is raised afterwards.
+    done. A cancellation that arrived meanwhile is raised afterwards, chained
+    to the work's own error if it failed, so that neither is lost.
     """
     with anyio.CancelScope(shield=True):
         if _get_running_loop() is None:  # another backend: the shield is enough
             return await make()
         task = asyncio.ensure_future(make())
         cancelled = False
-        while True:
+        while not task.done():
             try:
-                result = await asyncio.shield(task)
-                break
+                await asyncio.wait((task,))
             except asyncio.CancelledError:
-                if task.done():
-                    raise
                 cancelled = True
     if cancelled:
+        if not task.cancelled() and task.exception() is not None:
+            raise asyncio.CancelledError() from task.exception()
         raise asyncio.CancelledError()
-    return result
+    return task.result()
+
+
+async def session_thread(fn: Callable[[], T], *, holds_connection: bool) -> T:
+    """Run *fn*, which uses a unit's sync session, in a worker thread; wait for it to end.
+
+    Waiting for a thread token can be cancelled; once the thread is given the
+    work, cancellation waits for it to finish and is raised afterwards. Work
+    on a session that *holds_connection* takes the finisher's tokens: it never
+    waits for the pool, so it must not wait behind threads that do.
+    """
+    limiter = (
+        _finisher_limiter() if holds_connection else anyio.to_thread.current_default_thread_limiter()
+    )
+    async with limiter:
+        return await shielded(
+            functools.partial(anyio.to_thread.run_sync, fn, limiter=_unlimited_limiter())
+        )
 
 
 async def run_sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -102,7 +136,7 @@ async def run_sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     if tx is None:
         return await anyio.to_thread.run_sync(call)
     async with tx.async_lock():
-        return await anyio.to_thread.run_sync(call)
+        return await session_thread(call, holds_connection=tx.holds_connection())
 
 
 async def maybe_await(value: Awaitable[T] | T) -> T:

@@ -1,0 +1,330 @@
+"""Threads and tasks: run_sync, serialized use of one sync session, session I/O off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from sqlalchemy import Engine, event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import uow
+from tests.conftest import Item, count, make_engine, names
+
+
+def _add(name: str) -> int:
+    item = Item(name=name)
+    uow.session.add(item)
+    uow.session.flush()
+    return item.id
+
+
+@pytest.mark.anyio
+async def test_run_sync_runs_in_a_worker_thread_and_sees_the_unit(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    loop_thread = threading.get_ident()
+    seen: dict[str, Any] = {}
+
+    def work(name: str, *, suffix: str) -> int:
+        seen["thread"] = threading.get_ident()
+        seen["session"] = uow.current_session()
+        seen["in_unit"] = manager.in_unit()
+        return _add(name + suffix)
+
+    @uow.transactional
+    async def run() -> int:
+        seen["outer"] = uow.current_session()
+        return await uow.run_sync(work, "a", suffix="b")
+
+    assert isinstance(await run(), int)
+    assert seen["thread"] != loop_thread
+    assert seen["session"] is seen["outer"]
+    assert seen["in_unit"] is True
+    assert names(engine) == ["ab"]
+    # outside any unit it runs in a thread too, with no unit visible
+    assert await uow.run_sync(manager.in_unit) is False
+
+
+@pytest.mark.anyio
+async def test_sync_session_use_from_the_loop_is_refused(manager: uow.UnitOfWorkManager) -> None:
+    async with uow.unit_of_work():
+        uow.session.add(Item(name="no I/O: fine"))
+        with pytest.raises(uow.BlockingSessionUse):
+            uow.session.execute(select(1))
+        with pytest.raises(uow.BlockingSessionUse), uow.unit_of_work():
+            pass
+
+
+@pytest.mark.anyio
+async def test_gathered_run_sync_calls_in_one_unit_are_serialized(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    intervals: list[tuple[float, float, int]] = []
+
+    def work(i: int) -> None:
+        start = time.perf_counter()
+        _add(f"item{i:02}")
+        time.sleep(0.01)  # long enough for unserialized calls to overlap
+        uow.session.flush()
+        intervals.append((start, time.perf_counter(), threading.get_ident()))
+
+    @uow.transactional
+    async def run() -> None:
+        await asyncio.gather(*(uow.run_sync(work, i) for i in range(10)))
+
+    await run()
+    assert len(intervals) == 10
+    intervals.sort()
+    for (_, end, _), (next_start, _, _) in itertools.pairwise(intervals):
+        assert end <= next_start, "two threads used the unit's session at the same time"
+    assert count(engine) == 10
+
+
+@pytest.mark.anyio
+async def test_gathered_run_sync_in_a_failing_unit_roll_back_together(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    def work(i: int) -> None:
+        _add(f"item{i}")
+        if i == 3:
+            raise ValueError("one of them failed")
+
+    @uow.transactional
+    async def run() -> None:
+        await asyncio.gather(*(uow.run_sync(work, i) for i in range(6)))
+
+    with pytest.raises(ValueError):
+        await run()
+    # the siblings gather did not cancel ran before the rollback, not after it
+    assert count(engine) == 0
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_orphaned_run_sync_does_not_share_the_session_with_the_unit_end(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """gather() raises as soon as one child fails; a sibling may still be in its thread.
+
+    The unit's end (rollback, close) must wait for it instead of using the
+    session from a second thread at the same time.
+    """
+    in_thread = threading.Event()
+    overlaps: list[str] = []
+    busy = threading.Lock()
+
+    def slow() -> None:
+        with busy:
+            _add("slow")
+            in_thread.set()
+            time.sleep(0.2)
+
+    def guard(*_: Any) -> None:
+        if busy.locked():
+            overlaps.append("the unit ended while run_sync was using its session")
+
+    async def fail() -> None:
+        await anyio.to_thread.run_sync(in_thread.wait)
+        raise KeyError("fail")
+
+    @uow.transactional
+    async def run() -> None:
+        await asyncio.gather(uow.run_sync(slow), fail())
+
+    listeners = [(engine, "rollback", guard), (engine.pool, "checkin", guard)]
+    for target, name, fn in listeners:
+        event.listen(target, name, fn)
+    try:
+        with pytest.raises(KeyError):
+            await run()
+        await anyio.sleep(0.3)
+    finally:
+        for target, name, fn in listeners:
+            event.remove(target, name, fn)
+    assert overlaps == []
+    assert count(engine) == 0
+
+
+@pytest.mark.anyio
+async def test_concurrent_units_started_outside_a_unit_get_their_own_sessions(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    sessions: list[Any] = []
+    all_started = anyio.Event()
+
+    @uow.transactional
+    async def work(i: int) -> None:
+        mine = uow.current_session()
+        sessions.append(mine)
+        if len(sessions) == 5:
+            all_started.set()
+        await all_started.wait()  # every unit is open at once
+        await uow.run_sync(_add, f"task{i}")
+        assert uow.current_session() is mine
+        assert await uow.run_sync(uow.current_session) is mine
+
+    await asyncio.gather(*(work(i) for i in range(5)))
+    assert len({id(s) for s in sessions}) == 5
+    assert names(engine) == [f"task{i}" for i in range(5)]
+
+
+@pytest.mark.anyio
+async def test_concurrent_async_session_units_get_their_own_sessions(
+    async_manager: uow.UnitOfWorkManager, async_engine: AsyncEngine
+) -> None:
+    sessions: list[Any] = []
+    all_started = anyio.Event()
+
+    @uow.transactional
+    async def work(i: int) -> None:
+        session = uow.current_session()
+        sessions.append(session)
+        if len(sessions) == 4:
+            all_started.set()
+        await all_started.wait()
+        session.add(Item(name=f"task{i}"))
+        await session.flush()
+        assert uow.current_session() is session
+
+    await asyncio.gather(*(work(i) for i in range(4)))
+    assert len({id(s) for s in sessions}) == 4
+    async with async_engine.connect() as conn:
+        assert await conn.scalar(select(func.count(Item.id))) == 4
+
+
+# --- sync session I/O never on the event loop -------------------------------------
+
+
+@pytest.fixture
+def io_threads(engine: Engine) -> Iterator[dict[str, list[int]]]:
+    """Record the thread of every begin, commit, rollback and connection check-in."""
+    seen: dict[str, list[int]] = {"begin": [], "commit": [], "rollback": [], "checkin": []}
+
+    def recorder(kind: str) -> Any:
+        def record(*_: Any) -> None:
+            seen[kind].append(threading.get_ident())
+
+        return record
+
+    listeners = [(engine, kind, recorder(kind)) for kind in ("begin", "commit", "rollback")]
+    listeners.append((engine.pool, "checkin", recorder("checkin")))  # type: ignore[arg-type]
+    for target, kind, fn in listeners:
+        event.listen(target, kind, fn)
+    yield seen
+    for target, kind, fn in listeners:
+        event.remove(target, kind, fn)
+
+
+@pytest.mark.anyio
+async def test_sync_session_commit_and_close_run_off_the_loop(
+    manager: uow.UnitOfWorkManager, engine: Engine, io_threads: dict[str, list[int]]
+) -> None:
+    loop_thread = threading.get_ident()
+
+    @uow.transactional
+    async def write(name: str) -> None:
+        uow.session.add(Item(name=name))  # no I/O yet: the flush happens at commit
+
+    @uow.transactional
+    async def fail() -> None:
+        await uow.run_sync(_add, "nope")
+        raise ValueError
+
+    @uow.transactional(isolation_level="SERIALIZABLE")
+    async def begins_at_start() -> None:
+        pass
+
+    for i in range(3):
+        await write(f"w{i}")
+    with pytest.raises(ValueError):
+        await fail()
+    await begins_at_start()
+    async with uow.unit_of_work(read_only=True) as session:
+        await uow.run_sync(session.scalar, select(func.count(Item.id)))
+
+    assert len(io_threads["commit"]) == 4  # the read-only unit never COMMITs
+    assert len(io_threads["rollback"]) == 2
+    assert len(io_threads["checkin"]) == 6
+    for kind, threads in io_threads.items():
+        assert loop_thread not in threads, f"a {kind} ran on the event loop thread"
+    assert names(engine) == ["w0", "w1", "w2"]
+
+
+@pytest.mark.anyio
+async def test_loop_keeps_ticking_while_a_slow_commit_runs(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    commit_window: list[int] = []
+    ticks = 0
+
+    def slow_commit(_: Any) -> None:
+        commit_window.append(ticks)
+        time.sleep(0.2)  # a slow COMMIT, in whatever thread runs it
+        commit_window.append(ticks)
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await anyio.sleep(0.005)
+            ticks += 1
+
+    @uow.transactional
+    async def write() -> None:
+        await uow.run_sync(_add, "slow")
+
+    event.listen(engine, "commit", slow_commit)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(heartbeat)
+            await write()
+            tg.cancel_scope.cancel()
+    finally:
+        event.remove(engine, "commit", slow_commit)
+    before, after = commit_window
+    assert after - before >= 5, "the event loop stood still while the commit ran"
+    assert names(engine) == ["slow"]
+
+
+# --- a small pool under many concurrent units -------------------------------------
+
+
+@pytest.fixture
+def small_pool_engine(backend: str, tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(backend, tmp_path, pool_size=2, max_overflow=0, pool_timeout=10)
+    yield engine
+    checked_out = engine.pool.checkedout()  # type: ignore[attr-defined]
+    engine.dispose()
+    assert checked_out == 0
+
+
+@pytest.mark.anyio
+async def test_small_pool_many_concurrent_units_complete(small_pool_engine: Engine) -> None:
+    manager = uow.UnitOfWorkManager(small_pool_engine)
+    units = 150
+
+    @manager.transactional
+    async def handle(i: int) -> int:
+        # two trips to a worker thread per unit, the second one holding the
+        # connection the first one checked out
+        def write() -> None:
+            manager.current_session().add(Item(name=f"unit{i:03}"))
+            manager.current_session().flush()
+
+        await uow.run_sync(write)
+        return int(await uow.run_sync(lambda: manager.current_session().scalar(select(func.count(Item.id)))))
+
+    started = time.monotonic()
+    with anyio.fail_after(60):
+        results = await asyncio.gather(*(handle(i) for i in range(units)))
+    assert len(results) == units
+    assert count(small_pool_engine) == units
+    assert small_pool_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert time.monotonic() - started < 9, "units waited for the pool timeout"
