@@ -28,6 +28,8 @@ from sqlalchemy.orm import Session
 import uow
 from tests.conftest import PG_URL, Item, async_pg_url, make_engine, names
 
+pytestmark = pytest.mark.reliability
+
 SLOW = 0.3  # seconds a slow query or a slow COMMIT takes
 WAYS = ["task", "scope", "deadline"]
 

@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 import uow
 from tests.conftest import Item, count, make_engine, names
 
+pytestmark = pytest.mark.reliability
+
 
 def _add(name: str) -> int:
     item = Item(name=name)

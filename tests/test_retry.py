@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 import uow
 from tests.conftest import Counter, Item, async_pg_url, make_engine, names
 
+pytestmark = pytest.mark.reliability
+
 FAST = (0.001, 0.02)  # retry back-off (base, cap) that keeps the suite quick
 
 
