@@ -130,9 +130,10 @@ async def end_unit(
     was cancelled, ``on_commit`` for one whose COMMIT had begun) run to the
     end, and a cancellation that arrived meanwhile is raised afterwards.
     """
-    return await shielded(
-        functools.partial(_end_unit, unit, options, exc, savepoint=savepoint, rollback=rollback)
-    )
+    end = functools.partial(_end_unit, unit, options, exc, savepoint=savepoint, rollback=rollback)
+    if not savepoint and unit.tx.session is None and not (unit.commit_hooks or unit.rollback_hooks):
+        return await end()  # no session, no hooks: nothing in it awaits, nothing to shield
+    return await shielded(end)
 
 
 async def _end_unit(
@@ -171,20 +172,21 @@ async def _start(tx: Transaction, options: dict[str, Any]) -> None:
                 holds_connection=False,
             )
     except BaseException:
-        await _end_session(tx, False)
+        await shielded(functools.partial(_end_session, tx, False))
         raise
 
 
 async def _end_session(tx: Transaction, commit: bool) -> BaseException | None:
+    """Commit or roll back, then close (callers shield it from cancellation)."""
     session = tx.session
     if session is None:
         return None
     if isinstance(session, AsyncSession):
-        return await shielded(functools.partial(_end_async_session, session, commit))
+        return await _end_async_session(session, commit)
     lock = tx.async_lock()
     if not lock.locked() and not tx.needs_io_to_end():
         return end_session(session, commit)
-    return await shielded(functools.partial(_end_sync_session, tx, session, commit))
+    return await _end_sync_session(tx, session, commit)
 
 
 async def _end_sync_session(tx: Transaction, session: Session, commit: bool) -> BaseException | None:
@@ -212,13 +214,13 @@ async def _end_async_session(session: AsyncSession, commit: bool) -> BaseExcepti
 
 
 async def _end_savepoint(unit: Unit, commit: bool) -> BaseException | None:
+    """Release or roll back the savepoint (callers shield it from cancellation)."""
     if isinstance(unit.tx.session, Session):
-        return await shielded(functools.partial(_end_sync_savepoint, unit, commit))
-    return await shielded(functools.partial(_end_async_savepoint, unit, commit))
+        return await _end_sync_savepoint(unit, commit)
+    return await _end_async_savepoint(unit, commit)
 
 
 async def _end_sync_savepoint(unit: Unit, commit: bool) -> BaseException | None:
-    # the lock is taken inside the shield: a cancelled scope must not skip the end
     async with unit.tx.async_lock():
         return await in_finisher(functools.partial(end_savepoint, unit, commit))
 
