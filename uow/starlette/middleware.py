@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._async import end_unit
@@ -42,7 +43,8 @@ class UnitOfWorkMiddleware:
     from the statuses that commit. If the commit fails, the client gets a
     500, never the status the handler chose, and the error propagates to
     the app's error handlers (Starlette's answers 500) and to the server. An exception, a
-    cancellation, or a disconnect the app saw rolls back. The session is
+    cancellation, or a client that disconnected before the response started
+    rolls back. The session is
     closed before the response starts; using ``uow.session`` afterwards (in
     a streaming body, say) raises ``NoActiveUnitOfWork`` — open a unit of
     your own there. Without *manager*, the default one from
@@ -59,9 +61,7 @@ class UnitOfWorkMiddleware:
         extra_rollback_statuses: Iterable[int] = (),
     ) -> None:
         if commit_mode not in _MODES:
-            raise InvalidOptionError(
-                f"commit_mode={commit_mode!r} is not one of {sorted(_MODES)}"
-            )
+            raise InvalidOptionError(f"commit_mode={commit_mode!r} is not one of {sorted(_MODES)}")
         if manager is not None and not isinstance(manager, UnitOfWorkManager):
             raise InvalidOptionError(
                 f"manager={manager!r} must be a uow.UnitOfWorkManager (or None for the default)"
@@ -85,45 +85,100 @@ class UnitOfWorkMiddleware:
             await self.app(scope, receive, send)
             return
         manager = self.manager or get_manager()
-        tx = Transaction(manager, _REQUEST_OPTIONS, driven_async=True)
-        unit = Unit(tx)
-        disconnected = False
-        commit_statuses = self.commit_statuses
-
-        async def receive_watching() -> Message:
-            nonlocal disconnected
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                disconnected = True
-            return message
-
-        async def send_after_ending(message: Message) -> None:
-            if message["type"] == "http.response.start" and not tx.ended:
-                commit = message["status"] in commit_statuses and not disconnected
-                error = await end_unit(unit, _REQUEST_OPTIONS, None, rollback=not commit)
-                if error is not None:
-                    raise error
-            await send(message)
-
-        token = manager._current.set(unit)
-        serial = None if manager.is_async else serial_tx.set(tx)
+        request = _Request(manager, receive, send, self.commit_statuses)
+        token = manager._current.set(request.unit)
+        serial = None if manager.is_async else serial_tx.set(request.unit.tx)
         try:
-            await self.app(scope, receive_watching, send_after_ending)
+            await self.app(scope, request.receive, request.send)
         except BaseException as exc:
-            if not tx.ended:
-                error = await end_unit(unit, _REQUEST_OPTIONS, exc)
-                if error is not None:
-                    raise error from exc
+            await request.end(exc)
             raise
         else:
-            if not tx.ended:  # the app never started a response
-                error = await end_unit(unit, _REQUEST_OPTIONS, None, rollback=True)
-                if error is not None:
-                    raise error
+            await request.end(None)  # the app never started a response: roll back
         finally:
             if serial is not None:
                 serial_tx.reset(serial)
             manager._current.reset(token)
+
+
+class _Request:
+    """One request's unit, and the receive/send wrappers that end it in time."""
+
+    __slots__ = (
+        "_receive",
+        "_send",
+        "body_done",
+        "buffered",
+        "commit_statuses",
+        "disconnected",
+        "receiving",
+        "unit",
+    )
+
+    def __init__(
+        self, manager: UnitOfWorkManager, receive: Receive, send: Send, commit_statuses: frozenset[int]
+    ) -> None:
+        self.unit = Unit(Transaction(manager, _REQUEST_OPTIONS, driven_async=True))
+        self._receive = receive
+        self._send = send
+        self.commit_statuses = commit_statuses
+        self.disconnected = False
+        self.body_done = False
+        self.receiving = 0
+        self.buffered: Message | None = None
+
+    async def receive(self) -> Message:
+        buffered = self.buffered
+        if buffered is not None:
+            self.buffered = None
+            return buffered
+        self.receiving += 1
+        try:
+            message = await self._receive()
+        finally:
+            self.receiving -= 1
+        self._note(message)
+        return message
+
+    def _note(self, message: Message) -> None:
+        if message["type"] == "http.disconnect":
+            self.disconnected = True
+        elif message["type"] == "http.request" and not message.get("more_body", False):
+            self.body_done = True
+
+    async def client_gone(self) -> bool:
+        """Return True if the client has disconnected, without waiting or losing a message.
+
+        One ``receive()`` with a deadline of now: a server that knows of the
+        disconnect answers at once; otherwise the call is cancelled before it
+        waits. A body message read here is kept for the app.
+        """
+        if self.disconnected or self.receiving or self.buffered is not None:
+            return self.disconnected
+        with anyio.move_on_after(0):
+            message = await self._receive()
+            self._note(message)
+            if message["type"] != "http.disconnect":
+                self.buffered = message
+        return self.disconnected
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and not self.unit.tx.ended:
+            commit = message["status"] in self.commit_statuses
+            if commit and self.unit.tx.session is not None and await self.client_gone():
+                commit = False  # nobody will learn that it committed: roll back
+            error = await end_unit(self.unit, _REQUEST_OPTIONS, None, rollback=not commit)
+            if error is not None:
+                raise error
+        await self._send(message)
+
+    async def end(self, exc: BaseException | None) -> None:
+        """End the unit if the response never started (an exception, or no response)."""
+        if self.unit.tx.ended:
+            return
+        error = await end_unit(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
+        if error is not None:
+            raise error from exc
 
 
 def _statuses(name: str, values: Iterable[int]) -> frozenset[int]:
