@@ -1,0 +1,213 @@
+"""Turn results into docs/benchmarks.md (tables, targets) and docs/benchmarks.png (the plot)."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.apps import FASTAPI_ALTERNATIVES
+from benchmarks.overhead import summary
+
+FLOOR = "hand-written (floor)"
+REFERENCE = "no middleware (reference)"
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def _levels(result: dict[str, Any]) -> dict[int, list[dict[str, float]]]:
+    return {int(k): v for k, v in result["levels"].items()}
+
+
+def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    p = data["patterns"]
+    read = {name: med(r["read_us"]) for name, r in p.items() if r["read_us"]}
+    rows: list[tuple[str, str, str, bool]] = []
+
+    def speed(name: str) -> float:  # requests per second at concurrency 1
+        return 1e6 / read[name]
+
+    def add(label: str, ratio: float, goal: float) -> None:
+        rows.append((label, f"{ratio:.2f}x", f">= {goal:.2f}x", ratio >= goal))
+
+    add(
+        "@transactional endpoint vs hand-written (read)",
+        speed("uow @transactional (Starlette)") / speed(FLOOR),
+        0.95,
+    )
+    add(
+        "UnitOfWorkMiddleware, sync endpoint vs hand-written (read)",
+        speed("uow UnitOfWorkMiddleware (Starlette)") / speed(FLOOR),
+        0.80,
+    )
+    plain_ref = med(p[REFERENCE]["plain_us"])
+    plain_mw = med(p["uow UnitOfWorkMiddleware (Starlette)"]["plain_us"])
+    rows.append(
+        (
+            "request that never touches the DB: middleware vs none",
+            f"{(plain_mw / plain_ref - 1) * 100:+.1f}%",
+            "<= +3%",
+            plain_mw <= plain_ref * 1.03,
+        )
+    )
+    alternatives = [a for a in FASTAPI_ALTERNATIVES if a in read]
+    fastest = min(alternatives, key=lambda a: read[a])
+    add(
+        f"FastAPI @transactional vs fastest FastAPI alternative ({fastest})",
+        speed("uow @transactional (FastAPI)") / speed(fastest),
+        1.2,
+    )
+    add(
+        "FastAPI + middleware + provide_session vs the same",
+        speed("uow middleware + provide_session (FastAPI)") / speed(fastest),
+        1.0,
+    )
+    for level in (16,):
+        levels = {n: _levels(r) for n, r in p.items() if r["levels"]}
+        if level not in levels.get(FLOOR, {}):
+            continue
+
+        def tput(name: str, lv: int = level, levels: dict[str, Any] = levels) -> float:
+            return med([r["throughput"] for r in levels[name][lv]])
+
+        add(
+            f"@transactional vs hand-written at concurrency {level}",
+            tput("uow @transactional (Starlette)") / tput(FLOOR),
+            0.95,
+        )
+        add(
+            f"UnitOfWorkMiddleware vs hand-written at concurrency {level}",
+            tput("uow UnitOfWorkMiddleware (Starlette)") / tput(FLOOR),
+            0.80,
+        )
+        fastest_c = max((a for a in FASTAPI_ALTERNATIVES if a in levels), key=tput)
+        add(
+            f"FastAPI @transactional vs {fastest_c} at concurrency {level}",
+            tput("uow @transactional (FastAPI)") / tput(fastest_c),
+            1.2,
+        )
+        add(
+            f"FastAPI + provide_session vs {fastest_c} at concurrency {level}",
+            tput("uow middleware + provide_session (FastAPI)") / tput(fastest_c),
+            1.0,
+        )
+    over = summary(data["overhead"])
+    rows.append(
+        (
+            "@transactional overhead on a primary-key read (sync)",
+            f"{(over['sync @transactional'] / over['sync by hand'] - 1) * 100:+.1f}%",
+            "<= +5%",
+            over["sync @transactional"] <= over["sync by hand"] * 1.05,
+        )
+    )
+    uow_failures = sum(r["failures"] for n, r in p.items() if n.startswith("uow"))
+    rows.append(("failures of uow patterns, all levels", str(uow_failures), "0", uow_failures == 0))
+    return rows
+
+
+def write_report(data: dict[str, Any], md_path: Path, png_path: Path) -> None:
+    p = data["patterns"]
+    meta = data["meta"]
+    lines = [
+        "# Benchmarks",
+        "",
+        "uow against the patterns it replaces, measured side by side in one process on one machine.",
+        f"Run on {meta['date']}: Python {meta['python']}, {meta['platform']}, {meta['cpus']} CPUs, "
+        f"{meta['seconds']} s in all. Reproduce with `scripts/bench` (the whole comparison) — "
+        "`python -m benchmarks.run --smoke` is the quick check CI runs.",
+        "",
+        "Requests go straight to each ASGI app (no sockets), so a figure is the pattern's own cost. "
+        "Each endpoint reads one user by primary key from a SQLite file of 1,000 rows, or inserts one. "
+        f"Patterns are interleaved over {meta['config']['rounds']} rounds; every figure is the median "
+        "over rounds. The machine is shared and noisy: compare ratios within this page, not with other runs.",
+        "",
+        "## Per request, concurrency 1 (µs, lower is better)",
+        "",
+        "| pattern | read | write | no-DB request | failures |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, r in p.items():
+        read = f"{med(r['read_us']):.0f}" if r["read_us"] else "—"
+        write = f"{med(r['write_us']):.0f}" if r["write_us"] else "—"
+        lines.append(f"| {name} | {read} | {write} | {med(r['plain_us']):.0f} | {r['failures']} |")
+    levels = sorted({int(k) for r in p.values() for k in r["levels"]})
+    lines += [
+        "",
+        "## Concurrency (reads, pool of 5, `max_overflow=0`)",
+        "",
+        "Throughput in requests/s, then p50 / p99 latency in ms, then failures (pool time-outs, errors).",
+        "",
+        "| pattern | " + " | ".join(f"c={lv}" for lv in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for name, r in p.items():
+        if not r["levels"]:
+            continue
+        lv = _levels(r)
+        cells = []
+        for level in levels:
+            runs = lv[level]
+            cells.append(
+                f"{med([x['throughput'] for x in runs]):.0f} rps<br>{med([x['p50_ms'] for x in runs]):.1f} / "
+                f"{med([x['p99_ms'] for x in runs]):.1f} ms<br>{sum(x['failures'] for x in runs)} failed"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    over = summary(data["overhead"])
+    lines += ["", "## Decorator overhead (µs per call)", "", "| variant | µs |", "|---|---:|"]
+    lines += [f"| {name} | {value:.1f} |" for name, value in over.items()]
+    if "server" in data:
+        lines += [
+            "",
+            "## Real server",
+            "",
+            "uvicorn on 127.0.0.1, one worker; a load generator (httpx, 16 concurrent clients, 8 s) "
+            "in a second process; primary-key reads.",
+            "",
+            "| database | pattern | rps | p50 ms | p99 ms | failures |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for db, runs in data["server"].items():
+            for name, r in runs.items():
+                lines.append(
+                    f"| {db} | {name} | {r['throughput']:.0f} | {r['p50_ms']:.1f} | "
+                    f"{r['p99_ms']:.1f} | {r['failures']} |"
+                )
+    lines += ["", "## Targets", "", "| target | measured | goal | met |", "|---|---:|---:|---|"]
+    lines += [f"| {label} | {m} | {g} | {'yes' if ok else '**no**'} |" for label, m, g, ok in targets(data)]
+    lines += ["", "![Throughput by concurrency](benchmarks.png)", ""]
+    md_path.write_text("\n".join(lines))
+    _plot(p, levels, png_path)
+
+
+def _plot(p: dict[str, Any], levels: list[int], png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6))
+    names = [n for n, r in p.items() if r["read_us"]]
+    values = [med(p[n]["read_us"]) for n in names]
+    colors = ["tab:green" if n.startswith("uow") else "tab:gray" for n in names]
+    left.barh(names, values, color=colors)
+    left.invert_yaxis()
+    left.set_xlabel("µs per read request, concurrency 1 (lower is better)")
+    for name, r in p.items():
+        if not r["levels"]:
+            continue
+        lv = _levels(r)
+        right.plot(
+            levels,
+            [med([x["throughput"] for x in lv[level]]) for level in levels],
+            marker="o",
+            label=name,
+            linewidth=2.5 if name.startswith("uow") else 1.2,
+        )
+    right.set_xscale("log", base=2)
+    right.set_xlabel("concurrent requests (pool of 5)")
+    right.set_ylabel("reads per second (higher is better)")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=110)

@@ -1,0 +1,286 @@
+"""Run the comparison: uow against the patterns it replaces, side by side, in one process.
+
+    python -m benchmarks.run --full     # the whole comparison (< 10 min); writes docs/benchmarks.md + .png
+    python -m benchmarks.run --smoke    # a few hundred requests, to keep the harness working
+
+Patterns are interleaved in rounds (a shared, noisy machine) and every figure
+is a median over rounds. Requests go straight to the ASGI app (no sockets),
+so a figure is the pattern's own cost; ``--server`` adds uvicorn runs with a
+load generator in a second process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from starlette.types import ASGIApp, Message
+
+import uow
+from benchmarks import apps
+from benchmarks.overhead import decorator_overhead
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Config:
+    requests: int  # per pattern, per round, at concurrency 1
+    rounds: int
+    levels: tuple[int, ...]
+    level_requests: int  # per pattern and level
+    overhead_calls: int
+    server: bool
+
+
+SMOKE = Config(requests=10, rounds=1, levels=(1, 4), level_requests=16, overhead_calls=100, server=False)
+FULL = Config(
+    requests=500, rounds=3, levels=(1, 8, 16, 64, 256), level_requests=512, overhead_calls=5000, server=True
+)
+#: a (pattern, level) run that takes longer than this is stopped; what did not finish failed
+LEVEL_BUDGET = 30.0
+
+
+@dataclass
+class LevelResult:
+    throughput: float  # requests per second
+    p50_ms: float
+    p99_ms: float
+    failures: int
+
+
+@dataclass
+class PatternResult:
+    read_us: list[float] = field(default_factory=list)  # per round, µs per request at concurrency 1
+    write_us: list[float] = field(default_factory=list)
+    plain_us: list[float] = field(default_factory=list)
+    levels: dict[int, list[LevelResult]] = field(default_factory=dict)
+    failures: int = 0
+
+
+async def call(app: ASGIApp, method: str, path: str) -> int:
+    """Send one request straight to the ASGI app; return the status."""
+    status = 0
+    sent = False
+    never = asyncio.Event()
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await never.wait()  # like a server: nothing more until the client goes
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"bench")],
+        "client": ("127.0.0.1", 1),
+        "server": ("bench", 80),
+    }
+    await app(scope, receive, send)
+    return status
+
+
+Request = Callable[[ASGIApp, int], Awaitable[int]]
+
+
+def read(app: ASGIApp, i: int) -> Awaitable[int]:
+    return call(app, "GET", f"/users/{i % apps.ROWS + 1}")
+
+
+def write(app: ASGIApp, i: int) -> Awaitable[int]:
+    return call(app, "POST", "/users")
+
+
+def plain(app: ASGIApp, i: int) -> Awaitable[int]:
+    return call(app, "GET", "/plain")
+
+
+async def sequential(app: ASGIApp, request: Request, n: int) -> tuple[float, int]:
+    """Run n requests one after another; return (µs per request, failures)."""
+    failures = 0
+    start = time.perf_counter()
+    for i in range(n):
+        try:
+            if not 200 <= await request(app, i) < 300:
+                failures += 1
+        except Exception:
+            failures += 1
+    return (time.perf_counter() - start) / n * 1e6, failures
+
+
+async def concurrent(app: ASGIApp, request: Request, n: int, level: int) -> LevelResult:
+    """Run n requests from *level* concurrent clients; return throughput and latencies."""
+    latencies: list[float] = []
+    failures = 0
+    counter = iter(range(n))
+
+    async def client() -> None:
+        nonlocal failures
+        for i in counter:
+            t0 = time.perf_counter()
+            try:
+                ok = 200 <= await request(app, i) < 300
+            except Exception:
+                ok = False
+            latencies.append(time.perf_counter() - t0)
+            failures += not ok
+
+    start = time.perf_counter()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(level))), LEVEL_BUDGET)
+    except asyncio.TimeoutError:
+        failures += n - len(latencies)  # never finished: the pattern stalled
+    elapsed = time.perf_counter() - start
+    latencies.sort()
+    if not latencies:
+        latencies = [elapsed]
+    return LevelResult(
+        throughput=n / elapsed,
+        p50_ms=latencies[len(latencies) // 2] * 1000,
+        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        failures=failures,
+    )
+
+
+def build(names: list[str], url: str, pool: dict[str, Any]) -> tuple[dict[str, ASGIApp], list[Any]]:
+    engine = apps.prepare(url, **pool)
+    async_engine = apps.async_engine_for(url, **pool)
+    built: dict[str, ASGIApp] = {"no middleware (reference)": apps.bare(engine)}
+    for name in names:
+        builder, kind = apps.PATTERNS[name]
+        built[name] = builder(async_engine if kind == "async" else engine)
+    return built, [engine, async_engine]
+
+
+def available_patterns() -> list[str]:
+    names = []
+    for name in apps.PATTERNS:
+        if name == "fastapi-sqlalchemy":
+            try:
+                import fastapi_sqlalchemy  # type: ignore[import-untyped]  # noqa: F401
+            except ImportError:
+                continue
+        if name.startswith("advanced-alchemy"):
+            try:
+                import advanced_alchemy  # noqa: F401
+            except ImportError:
+                continue
+        names.append(name)
+    return names
+
+
+async def measure(config: Config, workdir: Path) -> dict[str, Any]:
+    anyio.to_thread.current_default_thread_limiter().total_tokens = 40
+    names = available_patterns()
+    url = f"sqlite:///{workdir / 'bench.db'}"
+    built, engines = build(names, url, {"pool_size": 5, "max_overflow": 0, "pool_timeout": 5})
+    results = {name: PatternResult() for name in built}
+    rng = random.Random(7)
+    for _ in range(config.rounds):
+        order = list(built)
+        rng.shuffle(order)
+        for name in order:
+            app, res = built[name], results[name]
+            us, failed = await sequential(app, plain, config.requests)
+            res.plain_us.append(us)
+            res.failures += failed
+            if name == "no middleware (reference)":
+                continue
+            for kind, request in (("read", read), ("write", write)):
+                us, failed = await sequential(app, request, config.requests)
+                getattr(res, f"{kind}_us").append(us)
+                res.failures += failed
+        for level in config.levels:
+            for name in order:
+                if name == "no middleware (reference)":
+                    continue
+                outcome = await concurrent(built[name], read, config.level_requests, level)
+                results[name].levels.setdefault(level, []).append(outcome)
+                results[name].failures += outcome.failures
+    for engine in engines:
+        if hasattr(engine, "sync_engine"):
+            await engine.dispose()
+        else:
+            engine.dispose()
+    uow._default._manager = None
+    return {"patterns": {name: asdict(res) for name, res in results.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--smoke", action="store_true", help="a few hundred requests")
+    mode.add_argument("--full", action="store_true", help="the whole comparison")
+    parser.add_argument("--out", type=Path, help="directory for results.json (and the report in --full)")
+    parser.add_argument("--no-server", action="store_true", help="skip the uvicorn runs")
+    args = parser.parse_args(argv)
+    config = FULL if args.full else SMOKE
+    started = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = asyncio.run(measure(config, Path(tmp)))
+        data["overhead"] = decorator_overhead(
+            f"sqlite:///{Path(tmp) / 'bench.db'}", config.overhead_calls, config.rounds
+        )
+        if config.server and not args.no_server:
+            from benchmarks.server import run_servers
+
+            data["server"] = run_servers(Path(tmp))
+    data["meta"] = {
+        "mode": "full" if args.full else "smoke",
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "uow": uow.__version__,
+        "seconds": round(time.time() - started, 1),
+        "date": time.strftime("%Y-%m-%d"),
+        "config": asdict(config),
+    }
+    out = args.out or (ROOT / "benchmarks" / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=1))
+    if args.full:
+        from benchmarks.report import write_report
+
+        write_report(data, ROOT / "docs" / "benchmarks.md", ROOT / "docs" / "benchmarks.png")
+    print(f"done in {data['meta']['seconds']} s; results in {out / 'results.json'}")
+    failures = {n: r["failures"] for n, r in data["patterns"].items() if r["failures"]}
+    print(f"failures: {failures or 'none'}")
+    return 0
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,27 @@
+"""The benchmark harness runs (smoke mode): every pattern answers, uow fails nothing. No timing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+
+@pytest.mark.filterwarnings("ignore:The declarative_mixin decorator:DeprecationWarning")
+def test_smoke_run(tmp_path: Path) -> None:
+    from benchmarks import apps, run
+
+    assert run.main(["--smoke", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    patterns = data["patterns"]
+    for name in run.available_patterns():
+        assert patterns[name]["read_us"] and patterns[name]["write_us"], name
+        assert set(patterns[name]["levels"]) == {"1", "4"}, name
+    assert {n for n in apps.PATTERNS if n.startswith("uow")} <= set(patterns)
+    for name, result in patterns.items():
+        if name.startswith("uow"):
+            assert result["failures"] == 0, (name, result)
+    assert {"sync @transactional", "sync by hand", "async @transactional"} <= set(data["overhead"])
