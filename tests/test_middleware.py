@@ -532,3 +532,159 @@ async def test_pg_deferred_constraint_at_commit_answers_500(
     async with client(starlette_app(Route("/", endpoint, methods=["POST"]))) as c:
         assert (await c.post("/")).status_code == 500
     assert names(engine) == []
+
+
+# --- the disconnect probe: how the unit learns, at response start, that the client is gone ---------
+
+
+async def drive(app: ASGIApp, receive: Receive) -> list[Message]:
+    """Send one POST straight to *app* with the server's *receive*; return what the app sent."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/items/x",
+        "headers": [],
+        "query_string": b"",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "http",
+        "server": ("test", 80),
+        "client": ("c", 1),
+        "root_path": "",
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+def body_then(rest: Receive) -> Receive:
+    """A server's receive: the (empty) body first, then whatever *rest* does."""
+    first = True
+
+    async def receive() -> Message:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return await rest()
+
+    return receive
+
+
+@pytest.mark.anyio
+async def test_a_server_that_knows_the_client_is_gone_makes_the_unit_roll_back(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    async def gone() -> Message:
+        return {"type": "http.disconnect"}
+
+    sent = await drive(starlette_app(Route("/items/{name}", add_item, methods=["POST"])), body_then(gone))
+    assert sent[0]["status"] == 201  # the app's answer goes out (to nobody); the unit did not commit
+    assert names(engine) == []
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_a_client_still_there_gets_its_commit_and_the_probe_leaves_no_waiter(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    waiting = asyncio.Event()
+
+    async def still_there() -> Message:
+        await waiting.wait()  # a server waits here until the client goes
+        return {"type": "http.disconnect"}
+
+    sent = await drive(
+        starlette_app(Route("/items/{name}", add_item, methods=["POST"])), body_then(still_there)
+    )
+    assert sent[0]["status"] == 201
+    assert names(engine) == ["x"]
+    assert not waiting._waiters  # type: ignore[attr-defined]  # the probe's wait was cancelled, and cleaned up
+
+
+@pytest.mark.anyio
+async def test_a_body_the_probe_reads_is_kept_for_the_app(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """The endpoint never read the body: the probe reads it, and the app still gets it afterwards."""
+    messages = [
+        {"type": "http.request", "body": b"la", "more_body": True},
+        {"type": "http.request", "body": b"te", "more_body": False},
+    ]
+    received: list[Message] = []
+    client_leaves = asyncio.Event()
+
+    async def server_receive() -> Message:
+        if messages:
+            return messages.pop(0)
+        await client_leaves.wait()
+        return {"type": "http.disconnect"}
+
+    async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+        await uow.run_sync(lambda: (uow.session.add(Item(name="x")), uow.session.flush()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        received.extend([await receive(), await receive()])
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    await drive(UnitOfWorkMiddleware(endpoint), server_receive)
+    assert received == [
+        {"type": "http.request", "body": b"la", "more_body": True},
+        {"type": "http.request", "body": b"te", "more_body": False},
+    ]
+    assert names(engine) == ["x"]  # the probe saw a body, not a disconnect: committed
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ready", [True, False], ids=["disconnect-ready", "pending"])
+async def test_the_probe_takes_a_receive_that_returns_a_future(
+    manager: uow.UnitOfWorkManager, engine: Engine, ready: bool
+) -> None:
+    """``receive`` need only return an awaitable; a pending one is cancelled, a done one is read."""
+    pending: list[asyncio.Future[Message]] = []
+    rest_calls = 0
+
+    def receive_future() -> asyncio.Future[Message]:
+        nonlocal rest_calls
+        rest_calls += 1
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        if ready:
+            future.set_result({"type": "http.disconnect"})
+        pending.append(future)
+        return future
+
+    first = True
+
+    def receive() -> Any:
+        nonlocal first
+        if first:
+            first = False
+            done: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+            done.set_result({"type": "http.request", "body": b"", "more_body": False})
+            return done
+        return receive_future()
+
+    await drive(starlette_app(Route("/items/{name}", add_item, methods=["POST"])), receive)
+    assert rest_calls == 1
+    assert names(engine) == ([] if ready else ["x"])
+    assert pending[0].done()  # answered, or cancelled by the probe: nothing left waiting
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_a_receive_that_answers_the_probes_cancellation_counts_as_its_answer(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    async def answers_cancel() -> Message:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            return {"type": "http.disconnect"}  # a server that reports the client gone when interrupted
+        return {"type": "http.disconnect"}
+
+    await drive(starlette_app(Route("/items/{name}", add_item, methods=["POST"])), body_then(answers_cancel))
+    assert names(engine) == []
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]

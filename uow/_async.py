@@ -183,8 +183,7 @@ async def _end_session(tx: Transaction, commit: bool) -> BaseException | None:
         return None
     if isinstance(session, AsyncSession):
         return await _end_async_session(session, commit)
-    lock = tx.async_lock()
-    if not lock.locked() and not tx.needs_io_to_end():
+    if tx.lock_is_free() and not tx.needs_io_to_end():
         return end_session(session, commit)
     return await _end_sync_session(tx, session, commit)
 

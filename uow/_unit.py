@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.orm import Session
 
 from ._core import Outcome, UnitOptions
+from .concurrency import on_event_loop
 from .exceptions import HookError, NoActiveUnitOfWork, ReadOnlyViolation, UnexpectedRollback
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ class Transaction:
         self.ended = False
         #: the outcome, once known: True committed, False rolled back
         self.committed: bool | None = None
-        self._lock: anyio.Lock | None = None
+        self._lock: anyio.Lock | asyncio.Lock | None = None
 
     @property
     def is_async_session(self) -> bool:
@@ -112,12 +114,21 @@ class Transaction:
             return True
         return bool(connections)
 
-    def async_lock(self) -> anyio.Lock:
-        """Return the lock that serializes thread work on this (sync) session."""
+    def async_lock(self) -> anyio.Lock | asyncio.Lock:
+        """Return the lock that serializes thread work on this (sync) session.
+
+        On asyncio it is asyncio's own lock (anyio's costs a backend lookup per
+        lock, one per request); on other backends, anyio's.
+        """
         lock = self._lock
         if lock is None:
-            lock = self._lock = anyio.Lock()
+            lock = self._lock = asyncio.Lock() if on_event_loop() else anyio.Lock()
         return lock
+
+    def lock_is_free(self) -> bool:
+        """Return True if no task is doing thread work on the session (no lock made, or unlocked)."""
+        lock = self._lock
+        return lock is None or not lock.locked()
 
 
 def _sync_session(session: Session | AsyncSession) -> Session:

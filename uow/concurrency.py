@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -37,6 +39,8 @@ T = TypeVar("T")
 _finisher_size = 32
 _finisher: RunVar[anyio.CapacityLimiter] = RunVar("uow_finisher")
 _unlimited: RunVar[anyio.CapacityLimiter] = RunVar("uow_unlimited")
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
 
 #: the innermost async-driven unit whose session is sync; run_sync serializes on it
 serial_tx: ContextVar[Transaction | None] = ContextVar("uow_serial_tx", default=None)
@@ -50,13 +54,21 @@ def on_event_loop() -> bool:
 
 
 def set_finisher_threads(count: int) -> None:
-    """Set how many threads may end sync sessions at once (default 32), for new event loops."""
-    global _finisher_size
+    """Set how many threads may end sync sessions at once (default 32).
+
+    It applies to sessions that end from now on (under anyio's other
+    backends, to event loops started from now on).
+    """
+    global _finisher_size, _executor
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         from .exceptions import InvalidOptionError
 
         raise InvalidOptionError(f"count={count!r} must be a positive int")
-    _finisher_size = count
+    with _executor_lock:
+        _finisher_size = count
+        old, _executor = _executor, None
+    if old is not None:
+        old.shutdown(wait=False)  # its queued work still runs
 
 
 def _finisher_limiter() -> anyio.CapacityLimiter:
@@ -77,9 +89,29 @@ def _unlimited_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
+def _finisher_executor() -> ThreadPoolExecutor:
+    global _executor
+    executor = _executor
+    if executor is None:
+        with _executor_lock:
+            executor = _executor
+            if executor is None:
+                executor = _executor = ThreadPoolExecutor(_finisher_size, thread_name_prefix="uow-finisher")
+    return executor
+
+
 async def in_finisher(fn: Callable[[], T]) -> T:
-    """Run *fn* (session I/O) in a thread of the finisher's own limiter."""
-    return await anyio.to_thread.run_sync(fn, limiter=_finisher_limiter())
+    """Run *fn* (the end of a session: commit or rollback, and close) on the finisher's threads.
+
+    On asyncio, a thread pool of the finisher's own (a plain executor: the
+    end needs no context, and the caller shields it from cancellation, so
+    anyio's bookkeeping would only cost time on every request); on other
+    backends, anyio's threads under the finisher's limiter.
+    """
+    loop = _get_running_loop()
+    if loop is None:
+        return await anyio.to_thread.run_sync(fn, limiter=_finisher_limiter())
+    return await loop.run_in_executor(_finisher_executor(), fn)
 
 
 async def shielded(make: Callable[[], Coroutine[Any, Any, T]]) -> T:

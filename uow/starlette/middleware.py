@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Literal
 
 import anyio
@@ -12,7 +13,7 @@ from .._async import end_unit
 from .._core import Propagation, UnitOptions
 from .._default import get_manager
 from .._unit import Transaction, Unit
-from ..concurrency import serial_tx
+from ..concurrency import on_event_loop, serial_tx
 from ..exceptions import InvalidOptionError
 from ..manager import UnitOfWorkManager
 
@@ -125,13 +126,12 @@ class _Request:
         self.disconnected = False
         self.body_done = False
         self.receiving = 0
-        self.buffered: Message | None = None
+        #: messages the disconnect probe read before the app asked for them, oldest first
+        self.buffered: list[Message] = []
 
     async def receive(self) -> Message:
-        buffered = self.buffered
-        if buffered is not None:
-            self.buffered = None
-            return buffered
+        if self.buffered:
+            return self.buffered.pop(0)
         self.receiving += 1
         try:
             message = await self._receive()
@@ -149,17 +149,25 @@ class _Request:
     async def client_gone(self) -> bool:
         """Return True if the client has disconnected, without waiting or losing a message.
 
-        One ``receive()`` with a deadline of now: a server that knows of the
-        disconnect answers at once; otherwise the call is cancelled before it
-        waits. A body message read here is kept for the app.
+        ``receive()`` calls that may not wait: a server that knows of the
+        disconnect answers at once; otherwise the call is cancelled at the
+        point where it would wait. Body messages read on the way (an app that
+        never read the body) are kept for the app, in order.
         """
-        if self.disconnected or self.receiving or self.buffered is not None:
+        if self.disconnected or self.receiving:
             return self.disconnected
-        with anyio.move_on_after(0):
-            message = await self._receive()
+        while not self.disconnected:
+            if on_event_loop():
+                message = _receive_now(self._receive)
+            else:
+                message = None
+                with anyio.move_on_after(0):
+                    message = await self._receive()
+            if message is None:
+                break
             self._note(message)
             if message["type"] != "http.disconnect":
-                self.buffered = message
+                self.buffered.append(message)
         return self.disconnected
 
     async def send(self, message: Message) -> None:
@@ -179,6 +187,38 @@ class _Request:
         error = await end_unit(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
         if error is not None:
             raise error from exc
+
+
+def _receive_now(receive: Receive) -> Message | None:
+    """Call *receive* and return its message if it has one ready, else cancel it and return None.
+
+    This is what a cancel scope with a deadline of now does on asyncio, in
+    one step instead of a trip through the event loop (it runs on every
+    request that used the database): the coroutine runs until it would wait,
+    then is cancelled there the way ``Task.cancel()`` does it (the future it
+    waits on is cancelled and the coroutine resumed, or ``CancelledError``
+    thrown in), so its cleanup runs as under any cancellation.
+    """
+    awaitable = receive()
+    coroutine = awaitable if isinstance(awaitable, Coroutine) else _as_coroutine(awaitable)
+    try:
+        waits_on = coroutine.send(None)
+        if asyncio.isfuture(waits_on) and waits_on.cancel():
+            coroutine.send(None)
+        else:
+            coroutine.throw(asyncio.CancelledError())
+    except StopIteration as done:  # a message was ready (or it answered the cancellation)
+        message: Message = done.value
+        return message
+    except asyncio.CancelledError:
+        return None
+    # it swallowed the cancellation and waits again: stop it for good
+    coroutine.close()
+    return None
+
+
+async def _as_coroutine(awaitable: Awaitable[Message]) -> Message:
+    return await awaitable
 
 
 def _statuses(name: str, values: Iterable[int]) -> frozenset[int]:
