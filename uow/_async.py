@@ -130,10 +130,15 @@ async def end_unit(
     was cancelled, ``on_commit`` for one whose COMMIT had begun) run to the
     end, and a cancellation that arrived meanwhile is raised afterwards.
     """
-    end = functools.partial(_end_unit, unit, options, exc, savepoint=savepoint, rollback=rollback)
-    if not savepoint and unit.tx.session is None and not (unit.commit_hooks or unit.rollback_hooks):
-        return await end()  # no session, no hooks: nothing in it awaits, nothing to shield
-    return await shielded(end)
+    tx = unit.tx
+    if not savepoint and tx.session is None and unit.is_bare():
+        # no session, no hooks, nothing to refuse, nothing to log: the outcome is all there is
+        tx.ended = True
+        tx.committed = not rollback and outcome(options, exc) == "commit"
+        return None
+    return await shielded(
+        functools.partial(_end_unit, unit, options, exc, savepoint=savepoint, rollback=rollback)
+    )
 
 
 async def _end_unit(

@@ -191,6 +191,10 @@ class Unit:
         self.commit_hooks: list[Hook] = []
         self.rollback_hooks: list[Hook] = []
 
+    def is_bare(self) -> bool:
+        """Return True if ending this unit has nothing to run, refuse or log beyond its session."""
+        return not (self.commit_hooks or self.rollback_hooks or self.rollback_only or self.started)
+
     def mark_rollback_only(self, cause: BaseException) -> None:
         if not self.rollback_only:
             self.rollback_only = True

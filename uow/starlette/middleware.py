@@ -95,7 +95,8 @@ class UnitOfWorkMiddleware:
             await request.end(exc)
             raise
         else:
-            await request.end(None)  # the app never started a response: roll back
+            if not request.unit.tx.ended:
+                await request.end(None)  # the app never started a response: roll back
         finally:
             if serial is not None:
                 serial_tx.reset(serial)
@@ -108,7 +109,6 @@ class _Request:
     __slots__ = (
         "_receive",
         "_send",
-        "body_done",
         "buffered",
         "commit_statuses",
         "disconnected",
@@ -124,7 +124,6 @@ class _Request:
         self._send = send
         self.commit_statuses = commit_statuses
         self.disconnected = False
-        self.body_done = False
         self.receiving = 0
         #: messages the disconnect probe read before the app asked for them, oldest first
         self.buffered: list[Message] = []
@@ -143,8 +142,6 @@ class _Request:
     def _note(self, message: Message) -> None:
         if message["type"] == "http.disconnect":
             self.disconnected = True
-        elif message["type"] == "http.request" and not message.get("more_body", False):
-            self.body_done = True
 
     async def client_gone(self) -> bool:
         """Return True if the client has disconnected, without waiting or losing a message.
@@ -171,13 +168,20 @@ class _Request:
         return self.disconnected
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and not self.unit.tx.ended:
-            commit = message["status"] in self.commit_statuses
-            if commit and self.unit.tx.session is not None and await self.client_gone():
-                commit = False  # nobody will learn that it committed: roll back
-            error = await end_unit(self.unit, _REQUEST_OPTIONS, None, rollback=not commit)
-            if error is not None:
-                raise error
+        if message["type"] == "http.response.start":
+            unit = self.unit
+            tx = unit.tx
+            if not tx.ended:
+                commit = message["status"] in self.commit_statuses
+                if tx.session is None and unit.is_bare():  # the request never used the database
+                    tx.ended = True
+                    tx.committed = commit
+                else:
+                    if commit and tx.session is not None and await self.client_gone():
+                        commit = False  # nobody will learn that it committed: roll back
+                    error = await end_unit(unit, _REQUEST_OPTIONS, None, rollback=not commit)
+                    if error is not None:
+                        raise error
         await self._send(message)
 
     async def end(self, exc: BaseException | None) -> None:
