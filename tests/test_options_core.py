@@ -172,9 +172,7 @@ def test_all_is_complete_and_the_core_never_imports_starlette() -> None:
             assert issubclass(cls, uow.UnitOfWorkError) and cls.__doc__
 
 
-def test_one_debug_record_per_unit(
-    manager: uow.UnitOfWorkManager, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_one_debug_record_per_unit(manager: uow.UnitOfWorkManager, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="uow"):
         with uow.unit_of_work() as s:
             s.add(Item(name="logged"))
@@ -191,6 +189,7 @@ def test_one_debug_record_per_unit(
         ("rollback", False),
     ]
     assert all(r.uow_duration >= 0 for r in records)  # type: ignore[attr-defined]
+    assert [r.uow_propagation for r in records] == ["NESTED", "REQUIRED", "REQUIRED"]  # type: ignore[attr-defined]
     caplog.clear()
     with uow.unit_of_work():  # DEBUG off: nothing recorded
         pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -344,6 +345,45 @@ def test_retry_on_predicate_adds_a_classification(engine: Engine) -> None:
     classified.transactional(retry=2)(body)(classified, "classified")
     assert counts == {"plain": 1, "classified": 2}
     assert names(engine) == ["classified"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["def", "async def"])
+async def test_the_debug_record_of_each_run_counts_the_retries_before_it(
+    engine: Engine, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Flaky(Exception):
+        pass
+
+    manager = uow.UnitOfWorkManager(engine, retry_on=lambda e: isinstance(e, Flaky), retry_backoff=(0, 0))
+    runs = 0
+
+    def work() -> None:
+        nonlocal runs
+        runs += 1
+        manager.current_session().add(Item(name=f"run{runs}"))
+        if runs < 3:
+            raise Flaky(runs)
+
+    with caplog.at_level(logging.DEBUG, logger="uow"):
+        if kind == "def":
+            manager.transactional(retry=3)(work)()
+        else:
+
+            @manager.transactional(retry=3)
+            async def run() -> None:
+                await uow.run_sync(work)
+
+            await run()
+    ends = [r for r in caplog.records if hasattr(r, "uow_outcome")]
+    assert [(r.uow_outcome, r.uow_retries) for r in ends] == [  # type: ignore[attr-defined]
+        ("rollback", 0),
+        ("rollback", 1),
+        ("commit", 2),
+    ]
+    assert "retries=2" in ends[-1].getMessage()
+    assert [r.uow_retry for r in caplog.records if hasattr(r, "uow_retry")] == [1, 2]  # type: ignore[attr-defined]
+    assert names(engine) == ["run3"]
 
 
 def test_retry_on_must_be_callable(engine: Engine) -> None:

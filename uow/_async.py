@@ -43,11 +43,13 @@ __all__ = ["AsyncScope", "run_hooks_async"]
 class AsyncScope:
     """Enter and leave one unit from async code."""
 
-    __slots__ = ("action", "manager", "options", "serial_token", "token", "unit")
+    __slots__ = ("action", "attempt", "manager", "options", "serial_token", "token", "unit")
 
-    def __init__(self, manager: UnitOfWorkManager, options: UnitOptions) -> None:
+    def __init__(self, manager: UnitOfWorkManager, options: UnitOptions, attempt: int = 0) -> None:
         self.manager = manager
         self.options = options
+        #: how many times a retrying decorator ran the unit before (for the DEBUG record)
+        self.attempt = attempt
         self.serial_token: Token[Transaction | None] | None = None
 
     async def __aenter__(self) -> Unit | None:
@@ -65,6 +67,7 @@ class AsyncScope:
         if action is Action.BEGIN:
             tx = Transaction(manager, options, driven_async=True)
             unit = Unit(tx)
+            unit.attempt = self.attempt
             start = tx.start_options()
             if start:
                 await _start(tx, start)

@@ -33,11 +33,13 @@ __all__ = ["SyncScope", "end_savepoint", "end_session", "run_hooks"]
 class SyncScope:
     """Enter and leave one unit from sync code."""
 
-    __slots__ = ("action", "manager", "options", "token", "unit")
+    __slots__ = ("action", "attempt", "manager", "options", "token", "unit")
 
-    def __init__(self, manager: UnitOfWorkManager, options: UnitOptions) -> None:
+    def __init__(self, manager: UnitOfWorkManager, options: UnitOptions, attempt: int = 0) -> None:
         self.manager = manager
         self.options = options
+        #: how many times a retrying decorator ran the unit before (for the DEBUG record)
+        self.attempt = attempt
 
     def __enter__(self) -> Unit | None:
         manager = self.manager
@@ -60,6 +62,7 @@ class SyncScope:
         if action is Action.BEGIN:
             tx = Transaction(manager, options, driven_async=False)
             unit = Unit(tx)
+            unit.attempt = self.attempt
             start = tx.start_options()
             if start:
                 session = tx.get_session()

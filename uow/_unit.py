@@ -27,6 +27,7 @@ __all__ = ["Hook", "Transaction", "Unit", "conclude"]
 logger = logging.getLogger("uow")
 _create_lock = threading.Lock()
 
+
 class Hook(NamedTuple):
     fn: Callable[[], Any]
     robust: bool
@@ -42,9 +43,7 @@ class Transaction:
 
     __slots__ = ("_lock", "committed", "driven_async", "ended", "manager", "options", "session")
 
-    def __init__(
-        self, manager: UnitOfWorkManager, options: UnitOptions, driven_async: bool
-    ) -> None:
+    def __init__(self, manager: UnitOfWorkManager, options: UnitOptions, driven_async: bool) -> None:
         self.manager = manager
         self.options = options
         self.session: Session | AsyncSession | None = None
@@ -150,9 +149,7 @@ def has_pending_writes(session: Session | AsyncSession | None) -> bool:
     if session is None:
         return False
     sync = _sync_session(session)
-    return bool(
-        sync.new or sync.deleted or any(sync.is_modified(o) for o in sync.dirty)
-    )
+    return bool(sync.new or sync.deleted or any(sync.is_modified(o) for o in sync.dirty))
 
 
 def live(unit: Unit | None) -> Unit | None:
@@ -170,6 +167,7 @@ class Unit:
     """
 
     __slots__ = (
+        "attempt",
         "commit_hooks",
         "parent",
         "rollback_cause",
@@ -190,6 +188,8 @@ class Unit:
         self.rollback_cause: BaseException | None = None
         self.commit_hooks: list[Hook] = []
         self.rollback_hooks: list[Hook] = []
+        #: earlier runs of this unit by a retrying decorator (0: the first run)
+        self.attempt = 0
 
     def is_bare(self) -> bool:
         """Return True if ending this unit has nothing to run, refuse or log beyond its session."""
@@ -250,9 +250,7 @@ def conclude(
     ``None`` as the error means: let the body's own exception (if any) propagate.
     """
     if io_error is not None:
-        if planned.action == "rollback" and (
-            body_exc is not None or planned.error is not None
-        ):
+        if planned.action == "rollback" and (body_exc is not None or planned.error is not None):
             logger.warning("uow: rollback failed", exc_info=io_error)
             return False, planned.error
         return False, io_error
@@ -312,17 +310,19 @@ def hooks_after_end(unit: Unit, committed: bool) -> list[Hook]:
 def log_end(unit: Unit, committed: bool, savepoint: bool) -> None:
     """Write the one DEBUG record of a unit that ended (only when DEBUG is on)."""
     duration = perf_counter() - unit.started
-    propagation = unit.tx.options.propagation.name
+    propagation = "NESTED" if savepoint else unit.tx.options.propagation.name
     logger.debug(
-        "uow: %s %s in %.3f ms (propagation=%s)",
+        "uow: %s %s in %.3f ms (propagation=%s, retries=%d)",
         "savepoint" if savepoint else "unit",
         ("released" if savepoint else "committed") if committed else "rolled back",
         duration * 1000,
         propagation,
+        unit.attempt,
         extra={
             "uow_outcome": "commit" if committed else "rollback",
             "uow_savepoint": savepoint,
             "uow_duration": duration,
             "uow_propagation": propagation,
+            "uow_retries": unit.attempt,
         },
     )

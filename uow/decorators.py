@@ -113,7 +113,7 @@ def _sync_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
         attempt = 0
         while True:
             try:
-                with SyncScope(manager, options):
+                with SyncScope(manager, options, attempt):
                     return wrapped(*args, **kwargs)
             except Exception as e:
                 if attempt >= options.retry or not is_transient(e, manager.transient):
@@ -135,7 +135,7 @@ def _async_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
         attempt = 0
         while True:
             try:
-                async with AsyncScope(manager, options):
+                async with AsyncScope(manager, options, attempt):
                     return await wrapped(*args, **kwargs)
             except Exception as e:
                 if attempt >= options.retry or not is_transient(e, manager.transient):
