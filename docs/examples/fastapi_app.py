@@ -7,6 +7,7 @@ Then:    curl -X POST 'localhost:8000/users?email=ada@example.com'
 from __future__ import annotations
 
 import os
+from typing import Annotated
 
 from fastapi import BackgroundTasks, Depends, FastAPI, HTTPException
 from sqlalchemy import String, create_engine, select
@@ -47,7 +48,7 @@ def send_welcome(user_id: int) -> None:
 
 @app.post("/users", status_code=201)
 def create_user(
-    email: str, tasks: BackgroundTasks, db: Session = Depends(provide_session)
+    email: str, tasks: BackgroundTasks, db: Annotated[Session, Depends(provide_session)]
 ) -> dict[str, int]:
     if db.scalar(select(User.id).where(User.email == email)) is not None:
         raise HTTPException(409, "email taken")  # 4xx: the unit rolls back

@@ -1,0 +1,280 @@
+"""The FAQ: each error uow raises, the mistake that causes it, and the fix.
+
+Run it:  python errors.py   (it writes errors.db in the current directory)
+"""
+
+# --8<-- [start:setup]
+from collections.abc import Iterator
+
+from sqlalchemy import String, create_engine, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import uow
+from uow import Propagation
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(200), unique=True)
+
+
+engine = create_engine("sqlite:///errors.db")
+
+
+@uow.transactional
+def register(email: str) -> None:
+    uow.session.add(User(email=email))
+    uow.session.flush()
+
+
+# --8<-- [end:setup]
+
+
+# --8<-- [start:not-configured]
+def not_configured_mistake() -> None:
+    register("ada@example.com")  # NotConfiguredError: no uow.configure() yet
+
+
+def not_configured_fix() -> None:
+    uow.configure(engine)  # once, at start-up
+    register("ada@example.com")
+
+
+# --8<-- [end:not-configured]
+
+
+# --8<-- [start:no-active-unit]
+def no_active_unit_mistake() -> None:
+    uow.session.add(User(email="bob@example.com"))  # NoActiveUnitOfWork: no unit is open
+
+
+def no_active_unit_fix() -> None:
+    with uow.unit_of_work():
+        uow.session.add(User(email="bob@example.com"))
+
+
+# --8<-- [end:no-active-unit]
+
+
+# --8<-- [start:invalid-option]
+def invalid_option_mistake() -> None:
+    with uow.unit_of_work(retry=3):  # InvalidOptionError: a block cannot be run again
+        uow.session.add(User(email="cy@example.com"))
+
+
+@uow.transactional(retry=3)  # a function can be
+def add_cy() -> None:
+    uow.session.add(User(email="cy@example.com"))
+
+
+def invalid_option_fix() -> None:
+    add_cy()
+
+
+# --8<-- [end:invalid-option]
+
+
+# --8<-- [start:not-decoratable]
+def not_decoratable_mistake() -> None:
+    @uow.transactional  # NotDecoratableError: the body would run after the unit ended
+    def all_emails() -> Iterator[str]:
+        yield from uow.session.scalars(select(User.email))
+
+
+def not_decoratable_fix() -> list[str]:
+    @uow.transactional(read_only=True)
+    def all_emails() -> list[str]:
+        return list(uow.session.scalars(select(User.email)))  # a list, read inside the unit
+
+    return all_emails()
+
+
+# --8<-- [end:not-decoratable]
+
+
+# --8<-- [start:propagation]
+@uow.transactional(retry=3)
+def add_dee() -> None:
+    uow.session.add(User(email="dee@example.com"))
+
+
+def propagation_mistake() -> None:
+    with uow.unit_of_work():
+        add_dee()  # PropagationError: a retried unit would join this one, and cannot re-run it
+
+
+def propagation_fix() -> None:
+    add_dee()  # outside any unit, it begins (and can re-run) its own transaction
+
+
+# --8<-- [end:propagation]
+
+
+# --8<-- [start:isolation]
+@uow.transactional(isolation_level="SERIALIZABLE")
+def count_users() -> int:
+    return uow.session.scalar(select(func.count(User.id))) or 0
+
+
+def isolation_mistake() -> None:
+    with uow.unit_of_work():  # begun at the engine's default level
+        count_users()  # IsolationLevelConflict: a running transaction's level cannot change
+
+
+def isolation_fix() -> None:
+    with uow.unit_of_work(isolation_level="SERIALIZABLE"):  # set it on the outermost unit
+        count_users()
+
+
+# --8<-- [end:isolation]
+
+
+# --8<-- [start:unexpected-rollback]
+def unexpected_rollback_mistake() -> None:
+    with uow.unit_of_work():
+        uow.session.add(User(email="eve@example.com"))
+        try:
+            register("ada@example.com")  # a duplicate: fails inside a joined unit
+        except IntegrityError:
+            print("ada exists; going on")  # UnexpectedRollback when the block ends
+
+
+def unexpected_rollback_fix() -> None:
+    with uow.unit_of_work():
+        uow.session.add(User(email="eve@example.com"))
+        try:
+            with uow.unit_of_work(propagation=Propagation.NESTED):  # a savepoint
+                register("ada@example.com")
+        except IntegrityError:
+            print("ada exists; going on")  # only the savepoint rolled back: eve is kept
+
+
+# --8<-- [end:unexpected-rollback]
+
+
+# --8<-- [start:read-only]
+def read_only_mistake() -> None:
+    with uow.unit_of_work(read_only=True):
+        register("fay@example.com")  # ReadOnlyViolation at the flush
+
+
+def read_only_fix() -> None:
+    with uow.unit_of_work():
+        register("fay@example.com")
+
+
+# --8<-- [end:read-only]
+
+
+# --8<-- [start:session-kind]
+async_manager = uow.UnitOfWorkManager(create_async_engine("sqlite+aiosqlite:///errors.db"))
+
+
+def session_kind_mistake() -> None:
+    with async_manager.unit_of_work():  # SessionKindError: sync code cannot drive an AsyncSession
+        pass
+
+
+async def session_kind_fix() -> None:
+    async with async_manager.unit_of_work() as session:
+        await session.execute(select(User.id))
+    await async_manager.dispose()
+
+
+# --8<-- [end:session-kind]
+
+
+# --8<-- [start:blocking]
+@uow.transactional
+async def blocking_mistake() -> int:
+    return uow.session.scalar(select(func.count(User.id))) or 0  # BlockingSessionUse
+
+
+@uow.transactional
+async def blocking_fix() -> int:
+    return await uow.run_sync(lambda: uow.session.scalar(select(func.count(User.id))) or 0)
+
+
+# --8<-- [end:blocking]
+
+
+def refresh_cache() -> None:
+    raise ConnectionError("cache is down")
+
+
+# --8<-- [start:hook]
+def hook_mistake() -> None:
+    with uow.unit_of_work():
+        register("gus@example.com")
+        uow.on_commit(refresh_cache)  # HookError after the commit (which stands)
+
+
+def hook_fix() -> None:
+    with uow.unit_of_work():
+        register("hal@example.com")
+        uow.on_commit(refresh_cache, robust=True)  # logged on the "uow" logger instead
+
+
+# --8<-- [end:hook]
+
+
+# --8<-- [start:base]
+def reused_block_mistake() -> None:
+    unit = uow.unit_of_work()
+    with unit, unit:  # UnitOfWorkError: one object runs one block at a time
+        pass
+
+
+def reused_block_fix() -> None:
+    with uow.unit_of_work(), uow.unit_of_work():  # a new object per block (the inner joins)
+        pass
+
+
+# --8<-- [end:base]
+
+
+def main() -> None:
+    import asyncio
+
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    pairs = [
+        (not_configured_mistake, not_configured_fix, uow.NotConfiguredError),
+        (no_active_unit_mistake, no_active_unit_fix, uow.NoActiveUnitOfWork),
+        (invalid_option_mistake, invalid_option_fix, uow.InvalidOptionError),
+        (not_decoratable_mistake, not_decoratable_fix, uow.NotDecoratableError),
+        (propagation_mistake, propagation_fix, uow.PropagationError),
+        (isolation_mistake, isolation_fix, uow.IsolationLevelConflict),
+        (unexpected_rollback_mistake, unexpected_rollback_fix, uow.UnexpectedRollback),
+        (read_only_mistake, read_only_fix, uow.ReadOnlyViolation),
+        (session_kind_mistake, lambda: asyncio.run(session_kind_fix()), uow.SessionKindError),
+        (
+            lambda: asyncio.run(blocking_mistake()),
+            lambda: asyncio.run(blocking_fix()),
+            uow.BlockingSessionUse,
+        ),
+        (hook_mistake, hook_fix, uow.HookError),
+        (reused_block_mistake, reused_block_fix, uow.UnitOfWorkError),
+    ]
+    try:
+        for mistake, fix, error_type in pairs:
+            try:
+                mistake()
+            except error_type as error:
+                print(f"{type(error).__name__}: {error}\n")
+            else:
+                raise AssertionError(f"{mistake} did not raise {error_type.__name__}")
+            fix()
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""After: uow.session instead of db.session; the unit commits on 2xx only."""
+
+from fastapi import FastAPI, HTTPException
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from starlette.middleware import Middleware
+
+import uow
+from uow.starlette import UnitOfWorkMiddleware, lifespan
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    balance: Mapped[int]
+
+
+engine = create_engine("sqlite:///fastapi_sqlalchemy.db")
+Base.metadata.create_all(engine)
+
+
+# --8<-- [start:after]
+uow.configure(engine)  # instead of DBSessionMiddleware(custom_engine=engine)
+app = FastAPI(middleware=[Middleware(UnitOfWorkMiddleware)], lifespan=lifespan())
+
+
+@app.post("/accounts/{account_id}/withdraw")
+def withdraw(account_id: int, amount: int) -> dict[str, int]:
+    account = uow.session.get(Account, account_id)  # instead of db.session
+    if account is None:
+        raise HTTPException(404)
+    account.balance -= amount
+    if account.balance < 0:
+        raise HTTPException(409, "insufficient funds")  # a 409: the unit rolls back
+    return {"balance": account.balance}
+
+
+@uow.transactional  # instead of `with db():` and db.session.commit()
+def add_interest() -> None:
+    for account in uow.session.scalars(select(Account)):
+        account.balance += 1
+
+
+# --8<-- [end:after]

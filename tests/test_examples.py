@@ -1,0 +1,381 @@
+"""The documentation's examples run: the quick starts, the concepts, the FAQ, the testing page.
+
+Every example is a file under ``docs/examples/`` that the pages include, so
+what a page shows is what these tests run. Each example is loaded from its
+path, fresh, inside a temporary directory: the relative ``sqlite:///x.db``
+URLs the examples use land there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+import uow
+from uow import _default
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "docs" / "examples"
+
+Load = Callable[[str], ModuleType]
+
+
+def dispose_engines(module: ModuleType) -> None:
+    """Close the pools of the sync engines an example made at import."""
+    for value in vars(module).values():
+        engine = value.engine if isinstance(value, uow.UnitOfWorkManager) else value
+        if isinstance(engine, Engine):
+            engine.dispose()
+
+
+@pytest.fixture
+def load_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Load]:
+    """Import ``docs/examples/<relative path>`` afresh, with the temporary directory as cwd."""
+    monkeypatch.chdir(tmp_path)
+    loaded: list[ModuleType] = []
+
+    def load(relative: str) -> ModuleType:
+        path = EXAMPLES / relative
+        name = "docs_example_" + relative.removesuffix(".py").replace("/", "_")
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        loaded.append(module)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for module in loaded:
+        dispose_engines(module)
+        sys.modules.pop(module.__name__, None)
+    _default._manager = None
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    """Read committed rows with the sqlite3 module: nothing of uow or SQLAlchemy involved."""
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def client(app: object, *, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)  # type: ignore[arg-type]
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- quick start -------------------------------------------------------------
+
+
+def test_quickstart_script_runs_as_a_newcomer_runs_it(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "quickstart" / "script.py", tmp_path / "script.py")
+    for _ in range(2):  # and again: a second run adds a second row
+        done = subprocess.run(
+            [sys.executable, "-W", "error", "script.py"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    assert "welcome mail sent to user 2" in done.stdout
+    assert rows(tmp_path / "app.db", "SELECT id, email FROM users") == [
+        (1, "ada@example.com"),
+        (2, "ada@example.com"),
+    ]
+
+
+def test_quickstart_script_main(
+    load_example: Load, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = load_example("quickstart/script.py")
+    module.main()
+    out = capsys.readouterr().out
+    assert "welcome mail sent to user 1" in out  # the on_commit hook ran
+    assert rows(tmp_path / "app.db", "SELECT email FROM users") == [("ada@example.com",)]  # bob rolled back
+
+
+@pytest.mark.anyio
+async def test_quickstart_fastapi_commits_a_row(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("quickstart/fastapi_app.py")
+    async with client(module.app) as http:
+        created = await http.post("/users", params={"email": "ada@example.com"})
+        assert created.status_code == 201
+        assert created.json() == {"id": 1}
+        taken = await http.post("/users", params={"email": "ada@example.com"})
+        assert taken.status_code == 409
+        listed = await http.get("/users")
+        assert listed.json() == [{"id": 1, "email": "ada@example.com"}]
+    assert rows(tmp_path / "app.db", "SELECT id, email FROM users") == [(1, "ada@example.com")]
+
+
+def test_quickstart_fastapi_under_uvicorn(tmp_path: Path) -> None:
+    """What the quick start tells a newcomer to do: run it with uvicorn, POST, find the row."""
+    shutil.copy(EXAMPLES / "quickstart" / "fastapi_app.py", tmp_path / "fastapi_app.py")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/users", timeout=1)
+                break
+            except httpx.TransportError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    server.kill()
+                    pytest.fail(f"uvicorn did not start:\n{server.communicate()[0]}")
+                time.sleep(0.1)
+        response = httpx.post(f"{base}/users", params={"email": "ada@example.com"}, timeout=10)
+        assert response.status_code == 201, response.text
+        assert httpx.get(f"{base}/users", timeout=10).json() == [{"id": 1, "email": "ada@example.com"}]
+    finally:
+        server.terminate()
+        try:
+            server.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.communicate()
+    assert rows(tmp_path / "app.db", "SELECT id, email FROM users") == [(1, "ada@example.com")]
+
+
+@pytest.mark.anyio
+async def test_quickstart_starlette(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("quickstart/starlette_app.py")
+    async with client(module.app, raise_app_exceptions=False) as http:
+        response = await http.post("/users", params={"email": "ada@example.com"})
+        assert response.status_code == 201
+        duplicate = await http.post("/users", params={"email": "ada@example.com"})
+        assert duplicate.status_code == 500  # the flush failed in the endpoint: rolled back
+    # the request committed, then the background task ran in its own unit and committed too
+    assert rows(tmp_path / "app.db", "SELECT email, welcomed FROM users") == [("ada@example.com", 1)]
+
+
+def test_demo_script(load_example: Load, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    module = load_example("demo.py")
+    result = module.main(tmp_path / "demo.db")
+    assert result == ["ada@example.com", "cy@example.com", "dee@example.com"]
+    out = capsys.readouterr().out
+    assert "never printed" not in out
+    assert "savepoint rolled back: IntegrityError" in out
+
+
+@pytest.mark.anyio
+async def test_complete_fastapi_app(
+    load_example: Load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'complete.db'}")
+    module = load_example("fastapi_app.py")
+    async with client(module.app) as http:
+        created = await http.post("/users", params={"email": "ada@example.com"})
+        assert created.status_code == 201
+        user_id = created.json()["id"]
+        assert (await http.post("/users", params={"email": "ada@example.com"})).status_code == 409
+        assert (await http.get(f"/users/{user_id}")).json() == {"id": user_id, "email": "ada@example.com"}
+        assert (await http.get("/users/999")).status_code == 404
+        assert (await http.get("/health")).json() == {"status": "ok"}
+    assert module.sent == [user_id]  # the background task ran once: the 409 rolled back, no task
+    assert rows(tmp_path / "complete.db", "SELECT email FROM users") == [("ada@example.com",)]
+
+
+# --- concepts ------------------------------------------------------------------
+
+
+def test_concepts_unit(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("concepts/unit.py")
+    module.main()
+    assert rows(tmp_path / "unit.db", "SELECT email FROM users ORDER BY id") == [
+        ("ada@example.com",),
+        ("bob@example.com",),
+        ("dee@example.com",),
+        ("fay@example.com",),
+    ]
+    assert rows(tmp_path / "unit.db", "SELECT name FROM profiles") == [("Dee",)]
+    assert rows(tmp_path / "audit.db", "SELECT text FROM events") == [("fay signed up",)]
+
+
+def test_concepts_propagation(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("concepts/propagation.py")
+    module.main()
+    assert rows(tmp_path / "propagation.db", "SELECT item FROM orders") == [("book",)]
+    assert rows(tmp_path / "propagation.db", "SELECT message FROM audit_log ORDER BY id") == [
+        ("order attempt: book",),
+        ("order attempt: unicorn",),
+    ]
+
+
+def test_concepts_savepoints(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("concepts/savepoints.py")
+    module.main()
+    assert rows(tmp_path / "savepoints.db", "SELECT email FROM users ORDER BY id") == [
+        ("ada@example.com",),
+        ("bob@example.com",),
+    ]
+
+
+def test_concepts_hooks(load_example: Load, caplog: pytest.LogCaptureFixture) -> None:
+    module = load_example("concepts/hooks.py")
+    module.main()
+    assert module.outbox[-1] == "now"  # when_no_unit="run" ran it at once
+    assert any("robust on_commit hook" in r.getMessage() for r in caplog.records)
+
+
+def test_concepts_retry(load_example: Load) -> None:
+    module = load_example("concepts/retry.py")
+    module.main()
+    assert module.attempts == ["ada", "ada"]
+    assert module.confirmations == ["ada"]
+
+
+def test_concepts_read_only(load_example: Load) -> None:
+    load_example("concepts/read_only.py").main()
+
+
+def test_concepts_isolation(load_example: Load) -> None:
+    load_example("concepts/isolation.py").main()
+
+
+def test_concepts_threads_and_async(load_example: Load, tmp_path: Path) -> None:
+    load_example("concepts/threads_async.py").main()
+    assert rows(tmp_path / "threads_async.db", "SELECT email FROM users WHERE id = 1") == [
+        ("ada@example.com",)
+    ]
+
+
+# --- FAQ -------------------------------------------------------------------------
+
+FAQ = [
+    ("not_configured", uow.NotConfiguredError),
+    ("no_active_unit", uow.NoActiveUnitOfWork),
+    ("invalid_option", uow.InvalidOptionError),
+    ("not_decoratable", uow.NotDecoratableError),
+    ("propagation", uow.PropagationError),
+    ("isolation", uow.IsolationLevelConflict),
+    ("unexpected_rollback", uow.UnexpectedRollback),
+    ("read_only", uow.ReadOnlyViolation),
+    ("session_kind", uow.SessionKindError),
+    ("blocking", uow.BlockingSessionUse),
+    ("hook", uow.HookError),
+    ("reused_block", uow.UnitOfWorkError),
+]
+
+
+def run(result: object) -> object:
+    return asyncio.run(result) if asyncio.iscoroutine(result) else result  # type: ignore[arg-type]
+
+
+def test_faq_every_error_class_has_an_example() -> None:
+    documented = {error for _, error in FAQ}
+    public = {
+        getattr(uow, name)
+        for name in uow.__all__
+        if isinstance(getattr(uow, name), type) and issubclass(getattr(uow, name), uow.UnitOfWorkError)
+    }
+    assert public <= documented, public - documented
+
+
+@pytest.mark.parametrize(("name", "error"), FAQ, ids=[name for name, _ in FAQ])
+def test_faq_mistake_raises_and_fix_works(
+    load_example: Load, tmp_path: Path, name: str, error: type[Exception], caplog: pytest.LogCaptureFixture
+) -> None:
+    module = load_example("faq/errors.py")
+    module.Base.metadata.create_all(module.engine)
+    if name != "not_configured":
+        uow.configure(module.engine)
+        module.register("ada@example.com")
+    with pytest.raises(error) as raised:
+        run(getattr(module, f"{name}_mistake")())
+    if error is uow.UnitOfWorkError:
+        assert type(raised.value) is uow.UnitOfWorkError
+    run(getattr(module, f"{name}_fix")())
+    emails = {email for (email,) in rows(tmp_path / "errors.db", "SELECT email FROM users")}
+    expected_after_fix = {
+        "no_active_unit": "bob@example.com",
+        "invalid_option": "cy@example.com",
+        "propagation": "dee@example.com",
+        "unexpected_rollback": "eve@example.com",
+        "read_only": "fay@example.com",
+        "hook": "hal@example.com",
+    }
+    if name in expected_after_fix:
+        assert expected_after_fix[name] in emails
+    if name == "unexpected_rollback":
+        assert emails == {"ada@example.com", "eve@example.com"}  # the mistake kept nothing
+    if name == "hook":
+        assert "gus@example.com" in emails  # the commit stood, though the hook failed
+    if name == "not_decoratable":
+        assert run(module.not_decoratable_fix()) == ["ada@example.com"]
+
+
+def test_faq_script(load_example: Load, capsys: pytest.CaptureFixture[str]) -> None:
+    load_example("faq/errors.py").main()
+    out = capsys.readouterr().out
+    for _, error in FAQ:
+        assert f"{error.__name__}: " in out
+
+
+# --- testing page ------------------------------------------------------------
+
+
+def test_testing_page_examples_pass_under_pytest(tmp_path: Path) -> None:
+    """The testing page's conftest and tests are a real test suite: run it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(EXAMPLES / "testing")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "7 passed" in done.stdout, done.stdout
+    assert not (tmp_path / "app.db").exists()  # the app's own database was never touched
+
+
+def test_observability_logger_and_events(load_example: Load, capsys: pytest.CaptureFixture[str]) -> None:
+    module = load_example("observability/logging_and_events.py")
+    try:
+        module.main()
+    finally:
+        logging.getLogger("uow").removeHandler(module.metrics)
+        logging.getLogger("uow").setLevel(logging.NOTSET)
+    assert capsys.readouterr().out.splitlines() == [
+        "second sign-up failed: IntegrityError",
+        "savepoint commit propagation=NESTED retries=0",
+        "unit commit propagation=REQUIRED retries=0",
+        "unit rollback propagation=REQUIRED retries=0",
+        "session began / COMMIT / session began / ROLLBACK",
+    ]

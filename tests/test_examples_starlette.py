@@ -1,0 +1,173 @@
+"""The Starlette adapter page's examples run: commit modes, commit failures, streaming,
+background tasks, websockets, lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sqlite3
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine
+
+import uow
+from uow import _default
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "docs" / "examples" / "starlette"
+
+Load = Callable[[str], ModuleType]
+TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
+
+
+@pytest.fixture
+def load_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Load]:
+    """Import ``docs/examples/starlette/<name>`` afresh, with the temporary directory as cwd."""
+    monkeypatch.chdir(tmp_path)
+    loaded: list[ModuleType] = []
+
+    def load(name: str) -> ModuleType:
+        module_name = f"docs_example_starlette_{name.removesuffix('.py')}"
+        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / name)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        loaded.append(module)
+        spec.loader.exec_module(module)
+        return module
+
+    yield load
+    for module in loaded:
+        for value in vars(module).values():
+            engine = value.engine if isinstance(value, uow.UnitOfWorkManager) else value
+            if isinstance(engine, Engine):
+                engine.dispose()
+        sys.modules.pop(module.__name__, None)
+    _default._manager = None
+
+
+def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        return connection.execute(sql).fetchall()
+
+
+def client(app: Any, *, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("app_name", "kept"),
+    [
+        ("autocommit_app", ["created", "by hand", "after the commit"]),  # 2xx: the 200 too
+        ("redirect_app", ["created", "redirected", "by hand", "after the commit"]),
+        ("manual_app", ["by hand"]),  # only what the endpoint committed itself
+        ("tuned_app", ["conflict", "by hand", "after the commit"]),  # 409 in, 201 out
+    ],
+)
+async def test_commit_modes(load_example: Load, tmp_path: Path, app_name: str, kept: list[str]) -> None:
+    module = load_example("commit_modes.py")
+    async with client(getattr(module, app_name)) as http:
+        assert (await http.post("/created")).status_code == 201
+        assert (await http.post("/redirected", follow_redirects=False)).status_code == 303
+        assert (await http.post("/conflict")).status_code == 409
+        assert (await http.post("/by-hand")).status_code == 200
+    names = [name for (name,) in rows(tmp_path / "commit_modes.db", "SELECT name FROM items ORDER BY id")]
+    assert names == kept
+
+
+@pytest.mark.anyio
+async def test_a_failed_commit_is_answered_500_never_201(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("commit_failure.py")
+    async with client(module.app, raise_app_exceptions=False) as http:
+        assert (await http.post("/late", params={"email": "ada@example.com"})).status_code == 201
+        duplicate = await http.post("/late", params={"email": "ada@example.com"})
+        assert duplicate.status_code == 500
+        assert (await http.post("/early", params={"email": "bob@example.com"})).status_code == 201
+        taken = await http.post("/early", params={"email": "bob@example.com"})
+        assert taken.status_code == 409
+        assert taken.json() == {"detail": "email taken"}
+    assert rows(tmp_path / "commit_failure.db", "SELECT email FROM users ORDER BY id") == [
+        ("ada@example.com",),
+        ("bob@example.com",),
+    ]
+
+
+@pytest.mark.anyio
+async def test_streaming_body_reads_in_a_unit_of_its_own(load_example: Load) -> None:
+    module = load_example("streaming.py")
+    async with client(module.app) as http:
+        first = await http.get("/export", params={"also": "ada@example.com"})
+        assert first.status_code == 200
+        assert first.text == "ada@example.com\n"  # committed before the body was read
+        second = await http.get("/export", params={"also": "bob@example.com"})
+        assert second.text == "ada@example.com\nbob@example.com\n"
+
+
+@pytest.mark.anyio
+async def test_background_tasks_follow_the_request_outcome(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("background.py")
+    async with client(module.app) as http:
+        assert (await http.post("/users", params={"email": "ada@example.com"})).status_code == 201
+        failed = await http.post("/users", params={"email": "bob@example.org"})
+        assert failed.status_code == 422
+    assert rows(tmp_path / "background.db", "SELECT email, welcomed FROM users") == [("ada@example.com", 1)]
+    assert module.alerts == ["sign-up of bob@example.org was rolled back"]
+
+
+@pytest.fixture
+def test_client_class() -> Any:
+    """Starlette's TestClient (the only websocket client at hand), imported without its
+    deprecation warning about httpx, which this suite would turn into an error."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from starlette.testclient import TestClient
+    return TestClient
+
+
+def test_websocket_one_unit_per_message(load_example: Load, tmp_path: Path, test_client_class: Any) -> None:
+    module = load_example("websocket.py")
+    with test_client_class(module.app) as http, http.websocket_connect("/chat") as websocket:
+        for text in ("hello", "world"):
+            websocket.send_text(text)
+            assert websocket.receive_text() == "saved"
+            assert (text,) in rows(tmp_path / "websocket.db", "SELECT text FROM messages")
+
+
+@pytest.mark.anyio
+async def test_lifespan_runs_the_apps_and_disposes_the_pool(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("lifespan.py")
+    engine = module.manager.engine
+    async with module.lifespan(module.manager, app_lifespan=module.startup)(module.app) as state:
+        assert state == {"greeting": "hello"}
+        assert rows(tmp_path / "lifespan.db", TABLES) == [("users",)]
+        async with uow.unit_of_work() as session:
+            await uow.run_sync(session.add, module.User(email="ada@example.com"))
+        assert engine.pool.checkedin() == 1  # pooled, not closed
+    assert engine.pool.checkedin() == 0  # disposed at shutdown
+
+
+@pytest.mark.anyio
+async def test_lifespan_app_through_asgi(load_example: Load, tmp_path: Path) -> None:
+    """The app's lifespan, driven over ASGI as a server drives it."""
+    module = load_example("lifespan.py")
+    sent: list[dict[str, Any]] = []
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await module.app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert rows(tmp_path / "lifespan.db", TABLES) == [("users",)]
