@@ -109,11 +109,9 @@ def test_sections_are_balanced() -> None:
         assert len(starts) == len(set(starts)), f"{example}: a section name used twice"
 
 
-def test_readme_snippet_matches_the_tested_quick_start_script() -> None:
-    """README's first snippet is the quick start script's code (imports aside)."""
-    readme = (ROOT / "README.md").read_text()
-    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    script = (EXAMPLES / "quickstart" / "script.py").read_text().splitlines()
+def _snippet_is_in(snippet: str, example: Path) -> None:
+    """Every import of ``snippet`` is imported by ``example``; every other line is in it, in order."""
+    script = example.read_text().splitlines()
     imports = [s for s in script if s.startswith(("import ", "from "))]
     position = 0
     for line in snippet.splitlines():
@@ -123,13 +121,21 @@ def test_readme_snippet_matches_the_tested_quick_start_script() -> None:
             names = line.split(" import ", 1)[1] if " import " in line else line.removeprefix("import ")
             for name in names.split(","):
                 assert any(re.search(rf"\b{re.escape(name.strip())}\b", s) for s in imports), (
-                    f"README imports {name.strip()!r}; docs/examples/quickstart/script.py does not"
+                    f"README imports {name.strip()!r}; {example.relative_to(ROOT)} does not"
                 )
             continue
         try:
             position = script.index(line, position) + 1
         except ValueError:
-            pytest.fail(f"README line not in docs/examples/quickstart/script.py, in order: {line!r}")
+            pytest.fail(f"README line not in {example.relative_to(ROOT)}, in order: {line!r}")
+
+
+def test_readme_snippets_match_the_tested_quick_start_examples() -> None:
+    """README's snippets are the quick start script's and FastAPI app's code (imports aside)."""
+    snippets = [part.split("```", 1)[0] for part in (ROOT / "README.md").read_text().split("```python\n")[1:]]
+    assert len(snippets) == 2, "README has a script snippet and a FastAPI snippet"
+    _snippet_is_in(snippets[0], EXAMPLES / "quickstart" / "script.py")
+    _snippet_is_in(snippets[1], EXAMPLES / "quickstart" / "fastapi_app.py")
 
 
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
