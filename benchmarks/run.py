@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from math import nan
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ FULL = Config(
 )
 #: a (pattern, level) run that takes longer than this is stopped; what did not finish failed
 LEVEL_BUDGET = 30.0
+#: a pool checkout waits at most this long; a pattern that checks out on the event loop
+#: stalls the whole loop for it, so it bounds how long such a stall can last
+POOL_TIMEOUT = 2
 
 
 @dataclass
@@ -60,6 +64,8 @@ class LevelResult:
     p50_ms: float
     p99_ms: float
     failures: int
+    #: the level ran out of its budget (LEVEL_BUDGET)
+    stalled: bool = False
 
 
 @dataclass
@@ -140,6 +146,7 @@ async def concurrent(app: ASGIApp, request: Request, n: int, level: int) -> Leve
     """Run n requests from *level* concurrent clients; return throughput and latencies."""
     latencies: list[float] = []
     failures = 0
+    stalled = False
     counter = iter(range(n))
 
     async def client() -> None:
@@ -158,6 +165,7 @@ async def concurrent(app: ASGIApp, request: Request, n: int, level: int) -> Leve
         await asyncio.wait_for(asyncio.gather(*(client() for _ in range(level))), LEVEL_BUDGET)
     except asyncio.TimeoutError:
         failures += n - len(latencies)  # never finished: the pattern stalled
+        stalled = True
     elapsed = time.perf_counter() - start
     latencies.sort()
     if not latencies:
@@ -167,6 +175,7 @@ async def concurrent(app: ASGIApp, request: Request, n: int, level: int) -> Leve
         p50_ms=latencies[len(latencies) // 2] * 1000,
         p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         failures=failures,
+        stalled=stalled,
     )
 
 
@@ -201,9 +210,10 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
     anyio.to_thread.current_default_thread_limiter().total_tokens = 40
     names = available_patterns()
     url = f"sqlite:///{workdir / 'bench.db'}"
-    built, engines = build(names, url, {"pool_size": 5, "max_overflow": 0, "pool_timeout": 5})
+    built, engines = build(names, url, {"pool_size": 5, "max_overflow": 0, "pool_timeout": POOL_TIMEOUT})
     results = {name: PatternResult() for name in built}
     rng = random.Random(7)
+    stalled: set[str] = set()
     for _ in range(config.rounds):
         order = list(built)
         rng.shuffle(order)
@@ -222,7 +232,12 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
             for name in order:
                 if name == "no middleware (reference)":
                     continue
-                outcome = await concurrent(built[name], read, config.level_requests, level)
+                if name in stalled:  # it blocks the loop: higher levels would only stall longer
+                    outcome = LevelResult(nan, nan, nan, failures=config.level_requests)
+                else:
+                    outcome = await concurrent(built[name], read, config.level_requests, level)
+                    if outcome.stalled:
+                        stalled.add(name)
                 results[name].levels.setdefault(level, []).append(outcome)
                 results[name].failures += outcome.failures
     for engine in engines:
