@@ -213,8 +213,8 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
     built, engines = build(names, url, {"pool_size": 5, "max_overflow": 0, "pool_timeout": POOL_TIMEOUT})
     results = {name: PatternResult() for name in built}
     rng = random.Random(7)
-    stalled: set[str] = set()
     for _ in range(config.rounds):
+        stalled: set[str] = set()  # in this round
         order = list(built)
         rng.shuffle(order)
         for name in order:
@@ -233,7 +233,7 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
                 if name == "no middleware (reference)":
                     continue
                 if name in stalled:  # it blocks the loop: higher levels would only stall longer
-                    outcome = LevelResult(nan, nan, nan, failures=config.level_requests)
+                    outcome = LevelResult(0.0, nan, nan, failures=config.level_requests)
                 else:
                     outcome = await concurrent(built[name], read, config.level_requests, level)
                     if outcome.stalled:
