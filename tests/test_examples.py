@@ -9,74 +9,22 @@ URLs the examples use land there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.util
 import logging
 import os
 import shutil
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
-from sqlalchemy import Engine
 
 import uow
-from uow import _default
+from tests.examples import EXAMPLES, Load, client, example_loader, rows
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "docs" / "examples"
-
-Load = Callable[[str], ModuleType]
-
-
-def dispose_engines(module: ModuleType) -> None:
-    """Close the pools of the sync engines an example made at import."""
-    for value in vars(module).values():
-        engine = value.engine if isinstance(value, uow.UnitOfWorkManager) else value
-        if isinstance(engine, Engine):
-            engine.dispose()
-
-
-@pytest.fixture
-def load_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Load]:
-    """Import ``docs/examples/<relative path>`` afresh, with the temporary directory as cwd."""
-    monkeypatch.chdir(tmp_path)
-    loaded: list[ModuleType] = []
-
-    def load(relative: str) -> ModuleType:
-        path = EXAMPLES / relative
-        name = "docs_example_" + relative.removesuffix(".py").replace("/", "_")
-        spec = importlib.util.spec_from_file_location(name, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        loaded.append(module)
-        spec.loader.exec_module(module)
-        return module
-
-    yield load
-    for module in loaded:
-        dispose_engines(module)
-        sys.modules.pop(module.__name__, None)
-    _default._manager = None
-
-
-def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    """Read committed rows with the sqlite3 module: nothing of uow or SQLAlchemy involved."""
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        return connection.execute(sql).fetchall()
-
-
-def client(app: object, *, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)  # type: ignore[arg-type]
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+load_example = example_loader()
 
 
 def free_port() -> int:

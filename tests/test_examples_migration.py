@@ -9,63 +9,16 @@ it is not installed.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import sqlite3
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import Engine
 
-import uow
-from uow import _default
+from tests.examples import Load, client, example_loader, rows
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "docs" / "examples" / "migration"
-
-Load = Callable[[str], ModuleType]
-
-
-@pytest.fixture
-def load_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Load]:
-    """Import ``docs/examples/migration/<name>`` afresh, with the temporary directory as cwd."""
-    monkeypatch.chdir(tmp_path)
-    loaded: list[ModuleType] = []
-
-    def load(name: str) -> ModuleType:
-        module_name = f"docs_example_migration_{name.removesuffix('.py')}"
-        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / name)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        loaded.append(module)
-        spec.loader.exec_module(module)
-        return module
-
-    yield load
-    for module in loaded:
-        for value in vars(module).values():
-            engine = value.engine if isinstance(value, uow.UnitOfWorkManager) else value
-            if isinstance(engine, Engine):
-                engine.dispose()
-        sys.modules.pop(module.__name__, None)
-    _default._manager = None
-
-
-def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        return connection.execute(sql).fetchall()
-
-
-def client(app: Any) -> httpx.AsyncClient:
-    """A client that gets the 500 Starlette answers, not the exception behind it."""
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+load_example = example_loader("migration")
 
 
 # --- request.state.db middleware, helpers that commit -----------------------------------
@@ -79,7 +32,7 @@ SIGN_UPS = [
 @pytest.mark.anyio
 async def test_request_state_before_keeps_half_a_request(load_example: Load, tmp_path: Path) -> None:
     module = load_example("request_state_before.py")
-    async with client(module.app) as http:
+    async with client(module.app, raise_app_exceptions=False) as http:
         assert (await http.post("/users", params=SIGN_UPS[0])).status_code == 201
         assert (await http.post("/users", params=SIGN_UPS[1])).status_code == 500
     users = rows(tmp_path / "request_state.db", "SELECT email FROM users ORDER BY id")
@@ -90,7 +43,7 @@ async def test_request_state_before_keeps_half_a_request(load_example: Load, tmp
 @pytest.mark.anyio
 async def test_request_state_after_is_all_or_nothing(load_example: Load, tmp_path: Path) -> None:
     module = load_example("request_state_after.py")
-    async with client(module.app) as http:
+    async with client(module.app, raise_app_exceptions=False) as http:
         assert (await http.post("/users", params=SIGN_UPS[0])).status_code == 201
         assert (await http.post("/users", params=SIGN_UPS[1])).status_code == 500
     assert rows(tmp_path / "request_state.db", "SELECT email FROM users") == [("ada@example.com",)]
@@ -103,7 +56,7 @@ async def test_request_state_after_is_all_or_nothing(load_example: Load, tmp_pat
 @pytest.mark.anyio
 async def test_get_db_before_answers_201_for_a_commit_that_failed(load_example: Load, tmp_path: Path) -> None:
     module = load_example("get_db_before.py")
-    async with client(module.app) as http:
+    async with client(module.app, raise_app_exceptions=False) as http:
         assert (await http.post("/users", params={"email": "ada@example.com"})).status_code == 201
         lost = await http.post("/users", params={"email": "ada@example.com"})
         assert lost.status_code == 201  # the client was told it worked...
@@ -113,7 +66,7 @@ async def test_get_db_before_answers_201_for_a_commit_that_failed(load_example: 
 @pytest.mark.anyio
 async def test_get_db_after_answers_500_when_the_commit_fails(load_example: Load, tmp_path: Path) -> None:
     module = load_example("get_db_after.py")
-    async with client(module.app) as http:
+    async with client(module.app, raise_app_exceptions=False) as http:
         assert (await http.post("/users", params={"email": "ada@example.com"})).status_code == 201
         assert (await http.post("/users", params={"email": "ada@example.com"})).status_code == 500
         assert (await http.post("/users", params={"email": "bob@example.com"})).status_code == 201
@@ -132,7 +85,7 @@ def seed_account(engine: Engine) -> None:
 
 
 async def withdraw(app: Any, amount: int) -> httpx.Response:
-    async with client(app) as http:
+    async with client(app, raise_app_exceptions=False) as http:
         return await http.post("/accounts/1/withdraw", params={"amount": amount})
 
 
@@ -188,7 +141,7 @@ async def test_advanced_alchemy_before_answers_201_for_a_commit_that_failed(
 ) -> None:
     pytest.importorskip("advanced_alchemy")
     module = load_example("advanced_alchemy_before.py")
-    async with client(module.app) as http:
+    async with client(module.app, raise_app_exceptions=False) as http:
         assert (await http.post("/users", params={"email": "ada@example.com"})).status_code == 201
         lost = await http.post("/users", params={"email": "ada@example.com"})
         assert lost.status_code == 201  # the failed COMMIT was logged at DEBUG, and that was all
@@ -198,7 +151,7 @@ async def test_advanced_alchemy_before_answers_201_for_a_commit_that_failed(
 @pytest.mark.anyio
 async def test_advanced_alchemy_after_answers_500(load_example: Load, tmp_path: Path) -> None:
     module = load_example("advanced_alchemy_after.py")
-    async with client(module.app) as http:
+    async with client(module.app, raise_app_exceptions=False) as http:
         assert (await http.post("/users", params={"email": "ada@example.com"})).status_code == 201
         assert (await http.post("/users", params={"email": "ada@example.com"})).status_code == 500
     assert rows(tmp_path / "advanced_alchemy.db", "SELECT count(*) FROM users") == [(1,)]

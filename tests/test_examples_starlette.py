@@ -3,64 +3,17 @@ background tasks, websockets, lifespan."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import sqlite3
-import sys
 import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-import httpx
 import pytest
-from sqlalchemy import Engine
 
 import uow
-from uow import _default
+from tests.examples import Load, client, example_loader, rows
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "docs" / "examples" / "starlette"
-
-Load = Callable[[str], ModuleType]
 TABLES = "SELECT name FROM sqlite_master WHERE type = 'table'"
-
-
-@pytest.fixture
-def load_example(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Load]:
-    """Import ``docs/examples/starlette/<name>`` afresh, with the temporary directory as cwd."""
-    monkeypatch.chdir(tmp_path)
-    loaded: list[ModuleType] = []
-
-    def load(name: str) -> ModuleType:
-        module_name = f"docs_example_starlette_{name.removesuffix('.py')}"
-        spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / name)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        loaded.append(module)
-        spec.loader.exec_module(module)
-        return module
-
-    yield load
-    for module in loaded:
-        for value in vars(module).values():
-            engine = value.engine if isinstance(value, uow.UnitOfWorkManager) else value
-            if isinstance(engine, Engine):
-                engine.dispose()
-        sys.modules.pop(module.__name__, None)
-    _default._manager = None
-
-
-def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with contextlib.closing(sqlite3.connect(path)) as connection:
-        return connection.execute(sql).fetchall()
-
-
-def client(app: Any, *, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
-    return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+load_example = example_loader("starlette")
 
 
 @pytest.mark.anyio
