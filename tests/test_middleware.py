@@ -410,20 +410,7 @@ async def test_cancelled_request_rolls_back_and_releases_the_connection(
         async def send(message: Message) -> None:
             pass
 
-        scope = {
-            "type": "http",
-            "method": "GET",
-            "path": "/",
-            "headers": [],
-            "query_string": b"",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "scheme": "http",
-            "server": ("test", 80),
-            "client": ("c", 1),
-            "root_path": "",
-        }
-        await app(scope, receive, send)
+        await app(http_scope("GET", "/"), receive, send)
 
     task = asyncio.ensure_future(call())
     await started.wait()
@@ -537,17 +524,12 @@ async def test_pg_deferred_constraint_at_commit_answers_500(
 # --- the disconnect probe: how the unit learns, at response start, that the client is gone ---------
 
 
-async def drive(app: ASGIApp, receive: Receive) -> list[Message]:
-    """Send one POST straight to *app* with the server's *receive*; return what the app sent."""
-    sent: list[Message] = []
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    scope = {
+def http_scope(method: str, path: str) -> Scope:
+    """The scope a server passes for a plain HTTP request, sent straight to an ASGI app."""
+    return {
         "type": "http",
-        "method": "POST",
-        "path": "/items/x",
+        "method": method,
+        "path": path,
         "headers": [],
         "query_string": b"",
         "asgi": {"version": "3.0"},
@@ -557,7 +539,16 @@ async def drive(app: ASGIApp, receive: Receive) -> list[Message]:
         "client": ("c", 1),
         "root_path": "",
     }
-    await app(scope, receive, send)
+
+
+async def drive(app: ASGIApp, receive: Receive) -> list[Message]:
+    """Send one POST straight to *app* with the server's *receive*; return what the app sent."""
+    sent: list[Message] = []
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await app(http_scope("POST", "/items/x"), receive, send)
     return sent
 
 
