@@ -295,6 +295,72 @@ async def test_loop_keeps_ticking_while_a_slow_commit_runs(
     assert names(engine) == ["slow"]
 
 
+@pytest.mark.anyio
+async def test_finisher_threads_bound_how_many_sessions_end_at_once(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    lock = threading.Lock()
+    running = peak = 0
+    threads: set[str] = set()
+
+    def slow_commit(_: Any) -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+            threads.add(threading.current_thread().name)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+
+    @uow.transactional
+    async def read() -> int:  # readers: SQLite lets their transactions overlap
+        return int(await uow.run_sync(lambda: uow.session.scalar(select(func.count(Item.id)))))
+
+    uow.set_finisher_threads(2)
+    event.listen(engine, "commit", slow_commit)
+    try:
+        assert await asyncio.gather(*(read() for _ in range(6))) == [0] * 6
+    finally:
+        event.remove(engine, "commit", slow_commit)
+        uow.set_finisher_threads(32)
+    assert peak == 2, f"{peak} commits ran at once with 2 finisher threads"
+    assert threads == {"uow-finisher"}
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_task_cancel_waits_for_the_finisher_then_raises(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """A native Task.cancel() while the session ends: the COMMIT finishes, then CancelledError."""
+    committing = threading.Event()
+    committed = threading.Event()
+
+    def slow_commit(_: Any) -> None:
+        committing.set()
+        time.sleep(0.2)
+        committed.set()
+
+    @uow.transactional
+    async def write() -> None:
+        await uow.run_sync(_add, "slow")
+
+    event.listen(engine, "commit", slow_commit)
+    try:
+        task = asyncio.ensure_future(write())
+        while not committing.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert committed.is_set(), "the task ended before its COMMIT did"
+    finally:
+        event.remove(engine, "commit", slow_commit)
+    assert names(engine) == ["slow"]
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
 # --- a small pool under many concurrent units -------------------------------------
 
 
