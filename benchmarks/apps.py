@@ -21,9 +21,10 @@ from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoin
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import uow
+from uow.concurrency import finish
 from uow.starlette import UnitOfWorkMiddleware, provide_session
 
 
@@ -96,6 +97,61 @@ def _routes(read: Callable[..., Any], write: Callable[..., Any]) -> list[Route]:
 def bare(engine: Engine) -> ASGIApp:
     """No database layer at all: the reference for requests that never touch the DB."""
     return Starlette(routes=[Route("/plain", plain)])
+
+
+# --- references: what any pattern of a kind costs at least -------------------------------------
+
+
+class PassThrough:
+    """A pure ASGI middleware that only wraps ``send``: the least a request middleware costs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def wrapped(message: Message) -> None:
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+class OneThreadHop:
+    """Before the response starts, one trip to a thread and back (uow's own finisher hand-off)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                await finish(_nothing)
+            await send(message)
+
+        await self.app(scope, receive, wrapped)
+
+
+def _nothing() -> None:
+    return None
+
+
+def pass_through(engine: Engine) -> ASGIApp:
+    return PassThrough(bare(engine))
+
+
+def handwritten_commit(engine: Engine) -> ASGIApp:
+    """The floor for a unit of work: the hand-written endpoint, committing its read."""
+    factory = sessionmaker(engine, expire_on_commit=False)
+
+    def read(request: Request) -> Response:
+        with factory.begin() as session:
+            return as_json(session.get(User, int(request.path_params["id"])))
+
+    return Starlette(routes=[Route("/users/{id:int}", read)])
+
+
+def handwritten_commit_hop(engine: Engine) -> ASGIApp:
+    """The floor for a request middleware that ends the session off the loop: the above + one hop."""
+    return OneThreadHop(handwritten_commit(engine))
 
 
 # --- what tutorials teach ----------------------------------------------------------------
@@ -377,6 +433,13 @@ PATTERNS: dict[str, tuple[Callable[[Any], ASGIApp], str]] = {
     "uow middleware + provide_session (FastAPI)": (uow_fastapi_provide_session, "sync"),
     "hand-written AsyncSession (async floor)": (async_handwritten, "async"),
     "uow middleware + AsyncSession": (uow_async, "async"),
+}
+#: name -> (builder, the requests it answers): measured at concurrency 1 only, beside the patterns
+REFERENCES: dict[str, tuple[Callable[[Engine], ASGIApp], tuple[str, ...]]] = {
+    "no middleware (reference)": (bare, ("plain",)),
+    "pass-through ASGI middleware (reference)": (pass_through, ("plain",)),
+    "hand-written, commits (reference)": (handwritten_commit, ("read",)),
+    "hand-written, commits, + one thread hop (reference)": (handwritten_commit_hop, ("read",)),
 }
 FASTAPI_ALTERNATIVES = (
     "tutorial request.state middleware",

@@ -39,17 +39,27 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class Config:
-    requests: int  # per pattern, per round, at concurrency 1
-    rounds: int
+    requests: int  # per pattern, per kind of request and per round, at concurrency 1
+    #: rounds at concurrency 1: many short ones, so that a noisy moment hits every pattern alike
+    seq_rounds: int
+    rounds: int  # of the concurrency levels
     levels: tuple[int, ...]
     level_requests: int  # per pattern and level
     overhead_calls: int
     server: bool
 
 
-SMOKE = Config(requests=10, rounds=1, levels=(1, 4), level_requests=16, overhead_calls=100, server=False)
+SMOKE = Config(
+    requests=10, seq_rounds=1, rounds=1, levels=(1, 4), level_requests=16, overhead_calls=100, server=False
+)
 FULL = Config(
-    requests=500, rounds=3, levels=(1, 8, 16, 64, 256), level_requests=512, overhead_calls=5000, server=True
+    requests=100,
+    seq_rounds=15,
+    rounds=3,
+    levels=(1, 8, 16, 64, 256),
+    level_requests=512,
+    overhead_calls=5000,
+    server=True,
 )
 #: a (pattern, level) run that takes longer than this is stopped; what did not finish failed
 LEVEL_BUDGET = 30.0
@@ -129,6 +139,9 @@ def plain(app: ASGIApp, i: int) -> Awaitable[int]:
     return call(app, "GET", "/plain")
 
 
+REQUESTS: dict[str, Request] = {"plain": plain, "read": read, "write": write}
+
+
 async def sequential(app: ASGIApp, request: Request, n: int) -> tuple[float, int]:
     """Run n requests one after another; return (µs per request, failures)."""
     failures = 0
@@ -182,7 +195,7 @@ async def concurrent(app: ASGIApp, request: Request, n: int, level: int) -> Leve
 def build(names: list[str], url: str, pool: dict[str, Any]) -> tuple[dict[str, ASGIApp], list[Any]]:
     engine = apps.prepare(url, **pool)
     async_engine = apps.async_engine_for(url, **pool)
-    built: dict[str, ASGIApp] = {"no middleware (reference)": apps.bare(engine)}
+    built = {name: builder(engine) for name, (builder, _) in apps.REFERENCES.items()}
     for name in names:
         builder, kind = apps.PATTERNS[name]
         built[name] = builder(async_engine if kind == "async" else engine)
@@ -213,25 +226,23 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
     built, engines = build(names, url, {"pool_size": 5, "max_overflow": 0, "pool_timeout": POOL_TIMEOUT})
     results = {name: PatternResult() for name in built}
     rng = random.Random(7)
-    for _ in range(config.rounds):
-        stalled: set[str] = set()  # in this round
+    for _ in range(config.seq_rounds):
         order = list(built)
         rng.shuffle(order)
         for name in order:
             app, res = built[name], results[name]
-            us, failed = await sequential(app, plain, config.requests)
-            res.plain_us.append(us)
-            res.failures += failed
-            if name == "no middleware (reference)":
-                continue
-            for kind, request in (("read", read), ("write", write)):
-                us, failed = await sequential(app, request, config.requests)
+            kinds = apps.REFERENCES[name][1] if name in apps.REFERENCES else ("plain", "read", "write")
+            for kind in kinds:
+                us, failed = await sequential(app, REQUESTS[kind], config.requests)
                 getattr(res, f"{kind}_us").append(us)
                 res.failures += failed
+    patterns = [name for name in built if name not in apps.REFERENCES]
+    for _ in range(config.rounds):
+        stalled: set[str] = set()  # in this round
+        order = list(patterns)
+        rng.shuffle(order)
         for level in config.levels:
             for name in order:
-                if name == "no middleware (reference)":
-                    continue
                 if name in stalled:  # it blocks the loop: higher levels would only stall longer
                     outcome = LevelResult(0.0, nan, nan, failures=config.level_requests)
                 else:
