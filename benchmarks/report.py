@@ -13,6 +13,9 @@ from benchmarks.overhead import summary
 FLOOR = "hand-written (floor)"
 REFERENCE = "no middleware (reference)"
 KINDS = ("read_us", "write_us", "plain_us")
+PASS_THROUGH = "pass-through ASGI middleware (reference)"
+COMMIT_FLOOR = "hand-written, commits (reference)"
+HOP_FLOOR = "hand-written, commits, + one thread hop (reference)"
 
 
 def med(values: list[float]) -> float:
@@ -25,87 +28,74 @@ def _levels(result: dict[str, Any]) -> dict[int, list[dict[str, float]]]:
     return {int(k): v for k, v in result["levels"].items()}
 
 
+def paired(faster: list[float], slower: list[float]) -> float:
+    """The median over rounds of ``faster[i] / slower[i]``, each pair measured in the same round.
+
+    A noisy moment slows both sides of a pair alike, so the ratio of a pair
+    is steadier than the ratio of two medians.
+    """
+    pairs = zip(faster, slower, strict=True)
+    return statistics.median([f / s for f, s in pairs if not (math.isnan(f) or math.isnan(s))])
+
+
 def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     p = data["patterns"]
-    read = {name: med(r["read_us"]) for name, r in p.items() if r["read_us"]}
+    read = {name: r["read_us"] for name, r in p.items() if r["read_us"]}
     rows: list[tuple[str, str, str, bool]] = []
 
-    def speed(name: str) -> float:  # requests per second at concurrency 1
-        return 1e6 / read[name]
+    def speed(name: str, than: str) -> float:  # how many times as fast as *than* (reads, concurrency 1)
+        return paired(read[than], read[name])
 
     def add(label: str, ratio: float, goal: float) -> None:
         rows.append((label, f"{ratio:.2f}x", f">= {goal:.2f}x", ratio >= goal))
 
+    def at_most(label: str, extra: float, goal: float) -> None:  # extra: a fraction more time
+        rows.append((label, f"{extra * 100:+.1f}%", f"<= +{goal * 100:.0f}%", extra <= goal))
+
+    def reference(label: str, measured: str) -> None:
+        rows.append((f"— for reference: {label}", measured, "(floor)", True))
+
     add(
         "@transactional endpoint vs hand-written (read)",
-        speed("uow @transactional (Starlette)") / speed(FLOOR),
+        speed("uow @transactional (Starlette)", FLOOR),
         0.95,
     )
     add(
         "UnitOfWorkMiddleware, sync endpoint vs hand-written (read)",
-        speed("uow UnitOfWorkMiddleware (Starlette)") / speed(FLOOR),
+        speed("uow UnitOfWorkMiddleware (Starlette)", FLOOR),
         0.80,
     )
-    commit_floor = "hand-written, commits (reference)"
-    hop_floor = "hand-written, commits, + one thread hop (reference)"
-    if commit_floor in read and hop_floor in read:
-        rows.append(
-            (
-                "— for reference: hand-written that commits, vs hand-written",
-                f"{speed(commit_floor) / speed(FLOOR):.2f}x",
-                "(floor)",
-                True,
-            )
-        )
-        rows.append(
-            (
-                "— for reference: hand-written that commits + one thread hop, vs hand-written",
-                f"{speed(hop_floor) / speed(FLOOR):.2f}x",
-                "(floor)",
-                True,
-            )
+    if COMMIT_FLOOR in read and HOP_FLOOR in read:
+        reference("hand-written that commits, vs hand-written", f"{speed(COMMIT_FLOOR, FLOOR):.2f}x")
+        reference(
+            "hand-written that commits + one thread hop, vs hand-written", f"{speed(HOP_FLOOR, FLOOR):.2f}x"
         )
         add(
             "@transactional endpoint vs hand-written that commits",
-            speed("uow @transactional (Starlette)") / speed(commit_floor),
+            speed("uow @transactional (Starlette)", COMMIT_FLOOR),
             0.95,
         )
         add(
             "UnitOfWorkMiddleware vs hand-written that commits + one thread hop",
-            speed("uow UnitOfWorkMiddleware (Starlette)") / speed(hop_floor),
+            speed("uow UnitOfWorkMiddleware (Starlette)", HOP_FLOOR),
             0.80,
         )
-    plain_ref = med(p[REFERENCE]["plain_us"])
-    plain_mw = med(p["uow UnitOfWorkMiddleware (Starlette)"]["plain_us"])
-    rows.append(
-        (
-            "request that never touches the DB: middleware vs none",
-            f"{(plain_mw / plain_ref - 1) * 100:+.1f}%",
-            "<= +3%",
-            plain_mw <= plain_ref * 1.03,
-        )
-    )
-    passing = "pass-through ASGI middleware (reference)"
-    if p.get(passing, {}).get("plain_us"):
-        plain_pass = med(p[passing]["plain_us"])
-        rows.append(
-            (
-                "— for reference: a middleware that only wraps send, vs none",
-                f"{(plain_pass / plain_ref - 1) * 100:+.1f}%",
-                "(floor)",
-                True,
-            )
-        )
+    plain_ref = p[REFERENCE]["plain_us"]
+    extra = paired(p["uow UnitOfWorkMiddleware (Starlette)"]["plain_us"], plain_ref) - 1
+    at_most("request that never touches the DB: middleware vs none", extra, 0.03)
+    if p.get(PASS_THROUGH, {}).get("plain_us"):
+        floor_extra = paired(p[PASS_THROUGH]["plain_us"], plain_ref) - 1
+        reference("a middleware that only wraps send, vs none", f"{floor_extra * 100:+.1f}%")
     alternatives = [a for a in FASTAPI_ALTERNATIVES if a in read]
-    fastest = min(alternatives, key=lambda a: read[a])
+    fastest = min(alternatives, key=lambda a: med(read[a]))
     add(
         f"FastAPI @transactional vs fastest FastAPI alternative ({fastest})",
-        speed("uow @transactional (FastAPI)") / speed(fastest),
+        speed("uow @transactional (FastAPI)", fastest),
         1.2,
     )
     add(
         "FastAPI + middleware + provide_session vs the same",
-        speed("uow middleware + provide_session (FastAPI)") / speed(fastest),
+        speed("uow middleware + provide_session (FastAPI)", fastest),
         1.0,
     )
     for level in (16,):
@@ -113,39 +103,36 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         if level not in levels.get(FLOOR, {}):
             continue
 
-        def tput(name: str, lv: int = level, levels: dict[str, Any] = levels) -> float:
-            return med([r["throughput"] for r in levels[name][lv]])
+        def tput(name: str, lv: int = level, levels: dict[str, Any] = levels) -> list[float]:
+            return [r["throughput"] for r in levels[name][lv]]
+
+        def faster(name: str, than: str) -> float:
+            return paired(tput(name), tput(than))
 
         add(
             f"@transactional vs hand-written at concurrency {level}",
-            tput("uow @transactional (Starlette)") / tput(FLOOR),
+            faster("uow @transactional (Starlette)", FLOOR),
             0.95,
         )
         add(
             f"UnitOfWorkMiddleware vs hand-written at concurrency {level}",
-            tput("uow UnitOfWorkMiddleware (Starlette)") / tput(FLOOR),
+            faster("uow UnitOfWorkMiddleware (Starlette)", FLOOR),
             0.80,
         )
-        fastest_c = max((a for a in FASTAPI_ALTERNATIVES if a in levels), key=tput)
+        fastest_c = max((a for a in FASTAPI_ALTERNATIVES if a in levels), key=lambda a: med(tput(a)))
         add(
             f"FastAPI @transactional vs {fastest_c} at concurrency {level}",
-            tput("uow @transactional (FastAPI)") / tput(fastest_c),
+            faster("uow @transactional (FastAPI)", fastest_c),
             1.2,
         )
         add(
             f"FastAPI + provide_session vs {fastest_c} at concurrency {level}",
-            tput("uow middleware + provide_session (FastAPI)") / tput(fastest_c),
+            faster("uow middleware + provide_session (FastAPI)", fastest_c),
             1.0,
         )
-    over = summary(data["overhead"])
-    rows.append(
-        (
-            "@transactional overhead on a primary-key read (sync)",
-            f"{(over['sync @transactional'] / over['sync by hand'] - 1) * 100:+.1f}%",
-            "<= +5%",
-            over["sync @transactional"] <= over["sync by hand"] * 1.05,
-        )
-    )
+    over = data["overhead"]
+    extra = paired(over["sync @transactional"], over["sync by hand"]) - 1
+    at_most("@transactional overhead on a primary-key read (sync)", extra, 0.05)
     uow_failures = sum(r["failures"] for n, r in p.items() if n.startswith("uow"))
     rows.append(("failures of uow patterns, all levels", str(uow_failures), "0", uow_failures == 0))
     return rows
@@ -164,8 +151,11 @@ def write_report(data: dict[str, Any], md_path: Path, png_path: Path) -> None:
         "",
         "Requests go straight to each ASGI app (no sockets), so a figure is the pattern's own cost. "
         "Each endpoint reads one user by primary key from a SQLite file of 1,000 rows, or inserts one. "
-        f"Patterns are interleaved over {meta['config']['rounds']} rounds; every figure is the median "
-        "over rounds. The machine is shared and noisy: compare ratios within this page, not with other runs.",
+        f"Patterns are interleaved, in a new order each round, over {meta['config']['seq_rounds']} rounds at "
+        f"concurrency 1 and {meta['config']['rounds']} rounds of the concurrency levels; every figure is the "
+        "median over rounds, and every ratio in the targets is the median of the ratios within a round "
+        "(a noisy moment slows both sides of such a pair alike). The machine is shared and noisy: compare "
+        "ratios within this page, not with other runs.",
         "",
         "## Per request, concurrency 1 (µs, lower is better)",
         "",

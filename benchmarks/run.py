@@ -45,20 +45,29 @@ class Config:
     rounds: int  # of the concurrency levels
     levels: tuple[int, ...]
     level_requests: int  # per pattern and level
-    overhead_calls: int
+    overhead_calls: int  # per variant and round
+    overhead_rounds: int
     server: bool
 
 
 SMOKE = Config(
-    requests=10, seq_rounds=1, rounds=1, levels=(1, 4), level_requests=16, overhead_calls=100, server=False
+    requests=10,
+    seq_rounds=1,
+    rounds=1,
+    levels=(1, 4),
+    level_requests=16,
+    overhead_calls=100,
+    overhead_rounds=1,
+    server=False,
 )
 FULL = Config(
-    requests=100,
-    seq_rounds=15,
+    requests=40,
+    seq_rounds=45,
     rounds=3,
     levels=(1, 8, 16, 64, 256),
     level_requests=512,
-    overhead_calls=5000,
+    overhead_calls=1500,
+    overhead_rounds=9,
     server=True,
 )
 #: a (pattern, level) run that takes longer than this is stopped; what did not finish failed
@@ -140,6 +149,8 @@ def plain(app: ASGIApp, i: int) -> Awaitable[int]:
 
 
 REQUESTS: dict[str, Request] = {"plain": plain, "read": read, "write": write}
+#: a request that never touches the database takes some 20 µs: run more of them per round
+PLAIN_FACTOR = 10
 
 
 async def sequential(app: ASGIApp, request: Request, n: int) -> tuple[float, int]:
@@ -233,7 +244,8 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
             app, res = built[name], results[name]
             kinds = apps.REFERENCES[name][1] if name in apps.REFERENCES else ("plain", "read", "write")
             for kind in kinds:
-                us, failed = await sequential(app, REQUESTS[kind], config.requests)
+                n = config.requests * PLAIN_FACTOR if kind == "plain" else config.requests
+                us, failed = await sequential(app, REQUESTS[kind], n)
                 getattr(res, f"{kind}_us").append(us)
                 res.failures += failed
     patterns = [name for name in built if name not in apps.REFERENCES]
@@ -275,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = asyncio.run(measure(config, Path(tmp)))
         data["overhead"] = decorator_overhead(
-            f"sqlite:///{Path(tmp) / 'bench.db'}", config.overhead_calls, config.rounds
+            f"sqlite:///{Path(tmp) / 'bench.db'}", config.overhead_calls, config.overhead_rounds
         )
         if config.server and not args.no_server:
             from benchmarks.server import run_servers

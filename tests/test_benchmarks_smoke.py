@@ -25,3 +25,12 @@ def test_smoke_run(tmp_path: Path) -> None:
         if name.startswith("uow"):
             assert result["failures"] == 0, (name, result)
     assert {"sync @transactional", "sync by hand", "async @transactional"} <= set(data["overhead"])
+    for name, (_, kinds) in apps.REFERENCES.items():
+        assert all(patterns[name][f"{kind}_us"] for kind in kinds), name
+    # the report's targets compute from a run's results (the figures of a smoke run mean nothing)
+    from benchmarks.report import targets
+
+    rows = targets(data)
+    labels = [label for label, *_ in rows]
+    assert "failures of uow patterns, all levels" in labels
+    assert any(label.startswith("UnitOfWorkMiddleware vs hand-written that commits") for label in labels)
