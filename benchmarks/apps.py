@@ -94,11 +94,6 @@ def _routes(read: Callable[..., Any], write: Callable[..., Any]) -> list[Route]:
     ]
 
 
-def bare(engine: Engine) -> ASGIApp:
-    """No database layer at all: the reference for requests that never touch the DB."""
-    return Starlette(routes=[Route("/plain", plain)])
-
-
 # --- references: what any pattern of a kind costs at least -------------------------------------
 
 
@@ -135,7 +130,8 @@ def _nothing() -> None:
 
 
 def pass_through(engine: Engine) -> ASGIApp:
-    return PassThrough(bare(engine))
+    """The hand-written app (the same routes as every pattern) behind :class:`PassThrough`."""
+    return PassThrough(handwritten(engine))
 
 
 def handwritten_commit(engine: Engine) -> ASGIApp:
@@ -436,7 +432,6 @@ PATTERNS: dict[str, tuple[Callable[[Any], ASGIApp], str]] = {
 }
 #: name -> (builder, the requests it answers): measured at concurrency 1 only, beside the patterns
 REFERENCES: dict[str, tuple[Callable[[Engine], ASGIApp], tuple[str, ...]]] = {
-    "no middleware (reference)": (bare, ("plain",)),
     "pass-through ASGI middleware (reference)": (pass_through, ("plain",)),
     "hand-written, commits (reference)": (handwritten_commit, ("read",)),
     "hand-written, commits, + one thread hop (reference)": (handwritten_commit_hop, ("read",)),

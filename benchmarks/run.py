@@ -63,9 +63,9 @@ SMOKE = Config(
 FULL = Config(
     requests=40,
     seq_rounds=45,
-    rounds=3,
+    rounds=6,
     levels=(1, 8, 16, 64, 256),
-    level_requests=512,
+    level_requests=192,
     overhead_calls=1500,
     overhead_rounds=9,
     server=True,
@@ -249,18 +249,20 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
                 getattr(res, f"{kind}_us").append(us)
                 res.failures += failed
     patterns = [name for name in built if name not in apps.REFERENCES]
+    #: pattern -> the lowest level at which it ran out of LEVEL_BUDGET: it blocks the event
+    #: loop, and running it there or higher again would only stall as long once more
+    stalled: dict[str, int] = {}
     for _ in range(config.rounds):
-        stalled: set[str] = set()  # in this round
         order = list(patterns)
         rng.shuffle(order)
         for level in config.levels:
             for name in order:
-                if name in stalled:  # it blocks the loop: higher levels would only stall longer
+                if level >= stalled.get(name, level + 1):
                     outcome = LevelResult(0.0, nan, nan, failures=config.level_requests)
                 else:
                     outcome = await concurrent(built[name], read, config.level_requests, level)
                     if outcome.stalled:
-                        stalled.add(name)
+                        stalled[name] = level
                 results[name].levels.setdefault(level, []).append(outcome)
                 results[name].failures += outcome.failures
     for engine in engines:
