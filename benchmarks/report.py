@@ -7,7 +7,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.apps import FASTAPI_ALTERNATIVES
 from benchmarks.overhead import summary
 
 FLOOR = "hand-written (floor)"
@@ -28,22 +27,20 @@ def _levels(result: dict[str, Any]) -> dict[int, list[dict[str, float]]]:
 
 
 def paired(faster: list[float], slower: list[float]) -> float:
-    """The median over rounds of ``faster[i] / slower[i]``, each pair measured in the same round.
-
-    A noisy moment slows both sides of a pair alike, so the ratio of a pair
-    is steadier than the ratio of two medians.
-    """
+    """The median over rounds of ``faster[i] / slower[i]``, each pair measured in the same round."""
     pairs = zip(faster, slower, strict=True)
     return statistics.median([f / s for f, s in pairs if not (math.isnan(f) or math.isnan(s))])
 
 
 def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """The targets' rows: (what, measured, goal, met). Ratios come from the run's duels."""
     p = data["patterns"]
-    read = {name: r["read_us"] for name, r in p.items() if r["read_us"]}
+    duels = {(d["pattern"], d["reference"], d["kind"], d["level"]): d["ratios"] for d in data["duels"]}
     rows: list[tuple[str, str, str, bool]] = []
 
-    def speed(name: str, than: str) -> float:  # how many times as fast as *than* (reads, concurrency 1)
-        return paired(read[than], read[name])
+    def speed(name: str, than: str, level: int = 1, kind: str = "read") -> float:
+        """How many times as fast as *than* *name* is: the median of its duel's pairs."""
+        return statistics.median(duels[name, than, kind, level])
 
     def add(label: str, ratio: float, goal: float) -> None:
         rows.append((label, f"{ratio:.2f}x", f">= {goal:.2f}x", ratio >= goal))
@@ -54,81 +51,40 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     def reference(label: str, measured: str) -> None:
         rows.append((f"— for reference: {label}", measured, "(floor)", True))
 
-    add(
-        "@transactional endpoint vs hand-written (read)",
-        speed("uow @transactional (Starlette)", FLOOR),
-        0.95,
+    tr, mw = "uow @transactional (Starlette)", "uow UnitOfWorkMiddleware (Starlette)"
+    fa_tr, fa_ps = "uow @transactional (FastAPI)", "uow middleware + provide_session (FastAPI)"
+    add("@transactional endpoint vs hand-written (read)", speed(tr, FLOOR), 0.95)
+    add("UnitOfWorkMiddleware, sync endpoint vs hand-written (read)", speed(mw, FLOOR), 0.80)
+    reference("hand-written that commits, vs hand-written", f"{speed(COMMIT_FLOOR, FLOOR):.2f}x")
+    reference(
+        "hand-written that commits + one thread hop, vs hand-written", f"{speed(HOP_FLOOR, FLOOR):.2f}x"
     )
-    add(
-        "UnitOfWorkMiddleware, sync endpoint vs hand-written (read)",
-        speed("uow UnitOfWorkMiddleware (Starlette)", FLOOR),
-        0.80,
+    add("@transactional endpoint vs hand-written that commits", speed(tr, COMMIT_FLOOR), 0.95)
+    add("UnitOfWorkMiddleware vs hand-written that commits + one thread hop", speed(mw, HOP_FLOOR), 0.80)
+    at_most(
+        "request that never touches the DB: UnitOfWorkMiddleware vs none",
+        1 / speed(mw, FLOOR, kind="plain") - 1,
+        0.03,
     )
-    if COMMIT_FLOOR in read and HOP_FLOOR in read:
-        reference("hand-written that commits, vs hand-written", f"{speed(COMMIT_FLOOR, FLOOR):.2f}x")
-        reference(
-            "hand-written that commits + one thread hop, vs hand-written", f"{speed(HOP_FLOOR, FLOOR):.2f}x"
-        )
-        add(
-            "@transactional endpoint vs hand-written that commits",
-            speed("uow @transactional (Starlette)", COMMIT_FLOOR),
-            0.95,
-        )
-        add(
-            "UnitOfWorkMiddleware vs hand-written that commits + one thread hop",
-            speed("uow UnitOfWorkMiddleware (Starlette)", HOP_FLOOR),
-            0.80,
-        )
-    plain_ref = p[FLOOR]["plain_us"]  # the same app and routes, no middleware
-    extra = paired(p["uow UnitOfWorkMiddleware (Starlette)"]["plain_us"], plain_ref) - 1
-    at_most("request that never touches the DB: UnitOfWorkMiddleware vs none", extra, 0.03)
-    if p.get(PASS_THROUGH, {}).get("plain_us"):
-        floor_extra = paired(p[PASS_THROUGH]["plain_us"], plain_ref) - 1
-        reference("a middleware that only wraps send, vs none", f"{floor_extra * 100:+.1f}%")
-    alternatives = [a for a in FASTAPI_ALTERNATIVES if a in read]
-    fastest = min(alternatives, key=lambda a: med(read[a]))
-    add(
-        f"FastAPI @transactional vs fastest FastAPI alternative ({fastest})",
-        speed("uow @transactional (FastAPI)", fastest),
-        1.2,
+    reference(
+        "a middleware that only wraps send, vs none",
+        f"{(1 / speed(PASS_THROUGH, FLOOR, kind='plain') - 1) * 100:+.1f}%",
     )
-    add(
-        "FastAPI + middleware + provide_session vs the same",
-        speed("uow middleware + provide_session (FastAPI)", fastest),
-        1.0,
-    )
-    for level in (16,):
-        levels = {n: _levels(r) for n, r in p.items() if r["levels"]}
-        if level not in levels.get(FLOOR, {}):
+    for level in (1, 16):
+        versus = [ref for (name, ref, _, lv) in duels if name == fa_tr and lv == level]
+        if not versus:
             continue
-
-        def tput(name: str, lv: int = level, levels: dict[str, Any] = levels) -> list[float]:
-            return [r["throughput"] for r in levels[name][lv]]
-
-        def faster(name: str, than: str) -> float:
-            return paired(tput(name), tput(than))
-
+        fastest = versus[0]
+        where = "" if level == 1 else f" at concurrency {level}"
+        if level == 16:
+            add(f"@transactional vs hand-written{where}", speed(tr, FLOOR, level), 0.95)
+            add(f"UnitOfWorkMiddleware vs hand-written{where}", speed(mw, FLOOR, level), 0.80)
         add(
-            f"@transactional vs hand-written at concurrency {level}",
-            faster("uow @transactional (Starlette)", FLOOR),
-            0.95,
-        )
-        add(
-            f"UnitOfWorkMiddleware vs hand-written at concurrency {level}",
-            faster("uow UnitOfWorkMiddleware (Starlette)", FLOOR),
-            0.80,
-        )
-        fastest_c = max((a for a in FASTAPI_ALTERNATIVES if a in levels), key=lambda a: med(tput(a)))
-        add(
-            f"FastAPI @transactional vs {fastest_c} at concurrency {level}",
-            faster("uow @transactional (FastAPI)", fastest_c),
+            f"FastAPI @transactional vs the fastest FastAPI alternative ({fastest}){where}",
+            speed(fa_tr, fastest, level),
             1.2,
         )
-        add(
-            f"FastAPI + provide_session vs {fastest_c} at concurrency {level}",
-            faster("uow middleware + provide_session (FastAPI)", fastest_c),
-            1.0,
-        )
+        add(f"FastAPI + middleware + provide_session vs {fastest}{where}", speed(fa_ps, fastest, level), 1.0)
     over = data["overhead"]
     extra = paired(over["sync @transactional"], over["sync by hand"]) - 1
     at_most("@transactional overhead on a primary-key read (sync)", extra, 0.05)
@@ -151,10 +107,12 @@ def write_report(data: dict[str, Any], md_path: Path, png_path: Path) -> None:
         "Requests go straight to each ASGI app (no sockets), so a figure is the pattern's own cost. "
         "Each endpoint reads one user by primary key from a SQLite file of 1,000 rows, or inserts one. "
         f"Patterns are interleaved, in a new order each round, over {meta['config']['seq_rounds']} rounds at "
-        f"concurrency 1 and {meta['config']['rounds']} rounds of the concurrency levels; every figure is the "
-        "median over rounds, and every ratio in the targets is the median of the ratios within a round "
-        "(a noisy moment slows both sides of such a pair alike). The machine is shared and noisy: compare "
-        "ratios within this page, not with other runs.",
+        f"concurrency 1 and {meta['config']['rounds']} rounds of the concurrency levels; every figure in the "
+        "tables is the median over rounds. The ratios in the targets come from duels: the two apps "
+        f"compared alternate, {meta['config']['duel_times']} times, in blocks of "
+        f"{meta['config']['duel_block']} requests (at concurrency 16, 128), a second apart or less, so a "
+        "noisy moment slows both sides of a pair alike; a ratio is the median over the pairs. The machine "
+        "is shared and noisy: compare ratios within this page, not with other runs.",
         "",
         "## Per request, concurrency 1 (µs, lower is better)",
         "",

@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message
 import uow
 from benchmarks import apps
 from benchmarks.overhead import decorator_overhead
+from benchmarks.report import COMMIT_FLOOR, FLOOR, HOP_FLOOR, PASS_THROUGH
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +48,8 @@ class Config:
     level_requests: int  # per pattern and level
     overhead_calls: int  # per variant and round
     overhead_rounds: int
+    duel_times: int  # alternations of a duel (see duel())
+    duel_block: int  # requests per block of a duel, reads at concurrency 1
     server: bool
 
 
@@ -58,6 +61,8 @@ SMOKE = Config(
     level_requests=16,
     overhead_calls=100,
     overhead_rounds=1,
+    duel_times=2,
+    duel_block=4,
     server=False,
 )
 FULL = Config(
@@ -66,8 +71,10 @@ FULL = Config(
     rounds=6,
     levels=(1, 8, 16, 64, 256),
     level_requests=192,
-    overhead_calls=1500,
-    overhead_rounds=9,
+    overhead_calls=200,
+    overhead_rounds=60,
+    duel_times=30,
+    duel_block=20,
     server=True,
 )
 #: a (pattern, level) run that takes longer than this is stopped; what did not finish failed
@@ -265,13 +272,83 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
                         stalled[name] = level
                 results[name].levels.setdefault(level, []).append(outcome)
                 results[name].failures += outcome.failures
+    data_duels = []
+    for pattern, reference, kind, level in duel_plan(results, config):
+        ratios, failures = await duel(built[pattern], built[reference], kind, level, config)
+        results[pattern].failures += failures[0]
+        results[reference].failures += failures[1]
+        data_duels.append(
+            {"pattern": pattern, "reference": reference, "kind": kind, "level": level, "ratios": ratios}
+        )
     for engine in engines:
         if hasattr(engine, "sync_engine"):
             await engine.dispose()
         else:
             engine.dispose()
     uow._default._manager = None
-    return {"patterns": {name: asdict(res) for name, res in results.items()}}
+    return {"patterns": {name: asdict(res) for name, res in results.items()}, "duels": data_duels}
+
+
+def duel_plan(results: dict[str, PatternResult], config: Config) -> list[tuple[str, str, str, int]]:
+    """The comparisons the targets make: (pattern, reference, kind of request, concurrency)."""
+    tr, mw = "uow @transactional (Starlette)", "uow UnitOfWorkMiddleware (Starlette)"
+    fa_tr, fa_ps = "uow @transactional (FastAPI)", "uow middleware + provide_session (FastAPI)"
+    alternatives = [a for a in apps.FASTAPI_ALTERNATIVES if a in results]
+    fastest = min(alternatives, key=lambda a: median(results[a].read_us))
+    plan = [
+        (tr, FLOOR, "read", 1),
+        (mw, FLOOR, "read", 1),
+        (COMMIT_FLOOR, FLOOR, "read", 1),
+        (HOP_FLOOR, FLOOR, "read", 1),
+        (tr, COMMIT_FLOOR, "read", 1),
+        (mw, HOP_FLOOR, "read", 1),
+        (mw, FLOOR, "plain", 1),
+        (PASS_THROUGH, FLOOR, "plain", 1),
+        (fa_tr, fastest, "read", 1),
+        (fa_ps, fastest, "read", 1),
+    ]
+    if 16 in config.levels:
+
+        def at_16(name: str) -> float:
+            return median([r.throughput for r in results[name].levels[16] if r.throughput])
+
+        fastest_16 = max(alternatives, key=at_16)
+        plan += [
+            (tr, FLOOR, "read", 16),
+            (mw, FLOOR, "read", 16),
+            (fa_tr, fastest_16, "read", 16),
+            (fa_ps, fastest_16, "read", 16),
+        ]
+    return plan
+
+
+async def duel(
+    a: ASGIApp, b: ASGIApp, kind: str, level: int, config: Config
+) -> tuple[list[float], tuple[int, int]]:
+    """Run *a* and *b* in alternating blocks of requests; return a's speed over b's for each pair of blocks.
+
+    The two sides of a pair run a second apart or less, so a noisy moment of
+    the machine slows both alike; their order alternates. At concurrency 1 a
+    block is ``duel_block`` requests (ten times as many for requests that
+    never touch the database); at higher levels, eight per client.
+    """
+    request = REQUESTS[kind]
+    ratios: list[float] = []
+    failures = [0, 0]
+    for i in range(config.duel_times):
+        speed = [0.0, 0.0]
+        for side in (0, 1) if i % 2 == 0 else (1, 0):
+            app = (a, b)[side]
+            if level == 1:
+                n = config.duel_block * (PLAIN_FACTOR if kind == "plain" else 1)
+                us, failed = await sequential(app, request, n)
+                speed[side] = 1e6 / us
+            else:
+                outcome = await concurrent(app, request, 8 * level, level)
+                speed[side], failed = outcome.throughput, outcome.failures
+            failures[side] += failed
+        ratios.append(speed[0] / speed[1])
+    return ratios, (failures[0], failures[1])
 
 
 def main(argv: list[str] | None = None) -> int:
