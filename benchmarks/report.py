@@ -79,6 +79,25 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         if level == 16:
             add(f"@transactional vs hand-written{where}", speed(tr, FLOOR, level), 0.95)
             add(f"UnitOfWorkMiddleware vs hand-written{where}", speed(mw, FLOOR, level), 0.80)
+            if (tr, COMMIT_FLOOR, "read", level) in duels:
+                reference(
+                    f"hand-written that commits, vs hand-written{where}",
+                    f"{speed(COMMIT_FLOOR, FLOOR, level):.2f}x",
+                )
+                reference(
+                    f"hand-written that commits + one thread hop, vs hand-written{where}",
+                    f"{speed(HOP_FLOOR, FLOOR, level):.2f}x",
+                )
+                add(
+                    f"@transactional vs hand-written that commits{where}",
+                    speed(tr, COMMIT_FLOOR, level),
+                    0.95,
+                )
+                add(
+                    f"UnitOfWorkMiddleware vs hand-written that commits + one thread hop{where}",
+                    speed(mw, HOP_FLOOR, level),
+                    0.80,
+                )
         add(
             f"FastAPI @transactional vs the fastest FastAPI alternative ({fastest}){where}",
             speed(fa_tr, fastest, level),

@@ -316,6 +316,10 @@ def duel_plan(results: dict[str, PatternResult], config: Config) -> list[tuple[s
         plan += [
             (tr, FLOOR, "read", 16),
             (mw, FLOOR, "read", 16),
+            (COMMIT_FLOOR, FLOOR, "read", 16),
+            (HOP_FLOOR, FLOOR, "read", 16),
+            (tr, COMMIT_FLOOR, "read", 16),
+            (mw, HOP_FLOOR, "read", 16),
             (fa_tr, fastest_16, "read", 16),
             (fa_ps, fastest_16, "read", 16),
         ]
