@@ -129,7 +129,8 @@ def write_report(data: dict[str, Any], md_path: Path, png_path: Path) -> None:
         f"concurrency 1 and {meta['config']['rounds']} rounds of the concurrency levels; every figure in the "
         "tables is the median over rounds. The ratios in the targets come from duels: the two apps "
         f"compared alternate, {meta['config']['duel_times']} times, in blocks of "
-        f"{meta['config']['duel_block']} requests (at concurrency 16, 128), a second apart or less, so a "
+        f"{meta['config']['duel_block']} requests (at concurrency 16, half as many times, 64 requests), "
+        "a second apart or less, so a "
         "noisy moment slows both sides of a pair alike; a ratio is the median over the pairs. The machine "
         "is shared and noisy: compare ratios within this page, not with other runs.",
         "",

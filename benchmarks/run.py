@@ -67,14 +67,14 @@ SMOKE = Config(
 )
 FULL = Config(
     requests=40,
-    seq_rounds=45,
-    rounds=6,
+    seq_rounds=25,
+    rounds=4,
     levels=(1, 8, 16, 64, 256),
     level_requests=192,
     overhead_calls=200,
     overhead_rounds=60,
-    duel_times=30,
-    duel_block=20,
+    duel_times=60,
+    duel_block=10,
     server=True,
 )
 #: a (pattern, level) run that takes longer than this is stopped; what did not finish failed
@@ -334,12 +334,13 @@ async def duel(
     The two sides of a pair run a second apart or less, so a noisy moment of
     the machine slows both alike; their order alternates. At concurrency 1 a
     block is ``duel_block`` requests (ten times as many for requests that
-    never touch the database); at higher levels, eight per client.
+    never touch the database); at higher levels, four per client, half as
+    many times.
     """
     request = REQUESTS[kind]
     ratios: list[float] = []
     failures = [0, 0]
-    for i in range(config.duel_times):
+    for i in range(config.duel_times if level == 1 else max(config.duel_times // 2, 2)):
         speed = [0.0, 0.0]
         for side in (0, 1) if i % 2 == 0 else (1, 0):
             app = (a, b)[side]
@@ -348,7 +349,7 @@ async def duel(
                 us, failed = await sequential(app, request, n)
                 speed[side] = 1e6 / us
             else:
-                outcome = await concurrent(app, request, 8 * level, level)
+                outcome = await concurrent(app, request, 4 * level, level)
                 speed[side], failed = outcome.throughput, outcome.failures
             failures[side] += failed
         ratios.append(speed[0] / speed[1])
