@@ -361,6 +361,23 @@ async def test_task_cancel_waits_for_the_finisher_then_raises(
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.anyio
+async def test_a_job_given_to_a_finisher_pool_after_its_shutdown_still_runs() -> None:
+    """set_finisher_threads() may replace the pool between a caller's lookup and its submit."""
+    from uow.concurrency import _FinisherPool
+
+    pool = _FinisherPool(2)
+    loop = asyncio.get_running_loop()
+    assert await pool.submit(loop, lambda: 1) == 1
+    pool.shutdown(wait=True)
+    assert not any(t.is_alive() for t in pool.threads)
+    with anyio.fail_after(5):
+        assert await pool.submit(loop, lambda: 2) == 2
+    late = pool.threads[-1]
+    late.join(5)
+    assert not late.is_alive(), "the thread started for the late job did not leave"
+
+
 # --- a small pool under many concurrent units -------------------------------------
 
 

@@ -122,16 +122,23 @@ class _FinisherPool:
         self.threads: list[threading.Thread] = []
         #: jobs given and not yet done; a thread is started while it exceeds the threads
         self.pending = 0
+        #: set by shutdown(): its threads are leaving
+        self.closed = False
 
     def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[[], T]) -> _Unstoppable[T]:
         future: _Unstoppable[T] = _Unstoppable(loop=loop)
         with self.lock:
             self.pending += 1
-            if self.pending > len(self.threads) < self.size:
+            # a job that comes after shutdown() (its pool was replaced meanwhile) gets a
+            # thread of its own, which leaves after it
+            late = self.closed
+            if late or self.pending > len(self.threads) < self.size:
                 thread = threading.Thread(target=self._work, name="uow-finisher", daemon=True)
                 thread.start()
                 self.threads.append(thread)
         self.queue.put((loop, future, fn))
+        if late:
+            self.queue.put(None)
         return future
 
     def _work(self) -> None:
@@ -153,6 +160,7 @@ class _FinisherPool:
     def shutdown(self, wait: bool = False) -> None:
         """Let the threads end once the jobs queued so far are done (wait for them if *wait*)."""
         with self.lock:
+            self.closed = True
             threads = list(self.threads)
         for _ in threads:
             self.queue.put(None)
