@@ -14,6 +14,19 @@ KINDS = ("read_us", "write_us", "plain_us")
 PASS_THROUGH = "pass-through ASGI middleware (reference)"
 COMMIT_FLOOR = "hand-written, commits (reference)"
 HOP_FLOOR = "hand-written, commits, + one thread hop (reference)"
+TR = "uow @transactional (Starlette)"
+MW = "uow UnitOfWorkMiddleware (Starlette)"
+FA_TR = "uow @transactional (FastAPI)"
+FA_PS = "uow middleware + provide_session (FastAPI)"
+#: each level's duels against the floors: (pattern, reference)
+FLOOR_DUELS = (
+    (TR, FLOOR),
+    (MW, FLOOR),
+    (COMMIT_FLOOR, FLOOR),
+    (HOP_FLOOR, FLOOR),
+    (TR, COMMIT_FLOOR),
+    (MW, HOP_FLOOR),
+)
 
 
 def med(values: list[float]) -> float:
@@ -32,15 +45,35 @@ def paired(faster: list[float], slower: list[float]) -> float:
     return statistics.median([f / s for f, s in pairs if not (math.isnan(f) or math.isnan(s))])
 
 
+class Duels:
+    """A run's duels: how many times as fast one app is as another (the median over the pairs)."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.ratios: dict[tuple[str, str, str, int], list[float]] = {
+            (d["pattern"], d["reference"], d["kind"], d["level"]): d["ratios"] for d in data["duels"]
+        }
+
+    def speed(self, name: str, than: str, level: int = 1, kind: str = "read") -> float:
+        return statistics.median(self.ratios[name, than, kind, level])
+
+    def extra(self, name: str, than: str) -> float:
+        """The time *name* adds to a request that never touches the database, as a fraction."""
+        return 1 / self.speed(name, than, kind="plain") - 1
+
+    def levels(self) -> list[int]:
+        return sorted({level for (*_, level) in self.ratios})
+
+    def opponent(self, name: str, level: int) -> str:
+        """The FastAPI alternative *name* dueled at *level* (the fastest one)."""
+        return next(ref for (n, ref, _, lv) in self.ratios if n == name and lv == level)
+
+
 def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     """The targets' rows: (what, measured, goal, met). Ratios come from the run's duels."""
     p = data["patterns"]
-    duels = {(d["pattern"], d["reference"], d["kind"], d["level"]): d["ratios"] for d in data["duels"]}
+    duels = Duels(data)
+    speed = duels.speed
     rows: list[tuple[str, str, str, bool]] = []
-
-    def speed(name: str, than: str, level: int = 1, kind: str = "read") -> float:
-        """How many times as fast as *than* *name* is: the median of its duel's pairs."""
-        return statistics.median(duels[name, than, kind, level])
 
     def add(label: str, ratio: float, goal: float) -> None:
         rows.append((label, f"{ratio:.2f}x", f">= {goal:.2f}x", ratio >= goal))
@@ -51,59 +84,39 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     def reference(label: str, measured: str) -> None:
         rows.append((f"— for reference: {label}", measured, "(floor)", True))
 
-    tr, mw = "uow @transactional (Starlette)", "uow UnitOfWorkMiddleware (Starlette)"
-    fa_tr, fa_ps = "uow @transactional (FastAPI)", "uow middleware + provide_session (FastAPI)"
-    add("@transactional endpoint vs hand-written (read)", speed(tr, FLOOR), 0.95)
-    add("UnitOfWorkMiddleware, sync endpoint vs hand-written (read)", speed(mw, FLOOR), 0.80)
-    reference("hand-written that commits, vs hand-written", f"{speed(COMMIT_FLOOR, FLOOR):.2f}x")
-    reference(
-        "hand-written that commits + one thread hop, vs hand-written", f"{speed(HOP_FLOOR, FLOOR):.2f}x"
-    )
-    add("@transactional endpoint vs hand-written that commits", speed(tr, COMMIT_FLOOR), 0.95)
-    add("UnitOfWorkMiddleware vs hand-written that commits + one thread hop", speed(mw, HOP_FLOOR), 0.80)
-    at_most(
-        "request that never touches the DB: UnitOfWorkMiddleware vs none",
-        1 / speed(mw, FLOOR, kind="plain") - 1,
-        0.03,
-    )
-    reference(
-        "a middleware that only wraps send, vs none",
-        f"{(1 / speed(PASS_THROUGH, FLOOR, kind='plain') - 1) * 100:+.1f}%",
-    )
-    for level in (1, 16):
-        versus = [ref for (name, ref, _, lv) in duels if name == fa_tr and lv == level]
-        if not versus:
-            continue
-        fastest = versus[0]
-        where = "" if level == 1 else f" at concurrency {level}"
-        if level == 16:
-            add(f"@transactional vs hand-written{where}", speed(tr, FLOOR, level), 0.95)
-            add(f"UnitOfWorkMiddleware vs hand-written{where}", speed(mw, FLOOR, level), 0.80)
-            if (tr, COMMIT_FLOOR, "read", level) in duels:
-                reference(
-                    f"hand-written that commits, vs hand-written{where}",
-                    f"{speed(COMMIT_FLOOR, FLOOR, level):.2f}x",
-                )
-                reference(
-                    f"hand-written that commits + one thread hop, vs hand-written{where}",
-                    f"{speed(HOP_FLOOR, FLOOR, level):.2f}x",
-                )
-                add(
-                    f"@transactional vs hand-written that commits{where}",
-                    speed(tr, COMMIT_FLOOR, level),
-                    0.95,
-                )
-                add(
-                    f"UnitOfWorkMiddleware vs hand-written that commits + one thread hop{where}",
-                    speed(mw, HOP_FLOOR, level),
-                    0.80,
-                )
+    for level in duels.levels():
+        where = " (read)" if level == 1 else f" at concurrency {level}"
+        add(f"@transactional endpoint vs hand-written{where}", speed(TR, FLOOR, level), 0.95)
+        add(f"UnitOfWorkMiddleware, sync endpoint vs hand-written{where}", speed(MW, FLOOR, level), 0.80)
+        reference(
+            f"hand-written that commits, vs hand-written{where}", f"{speed(COMMIT_FLOOR, FLOOR, level):.2f}x"
+        )
+        reference(
+            f"hand-written that commits + one thread hop, vs hand-written{where}",
+            f"{speed(HOP_FLOOR, FLOOR, level):.2f}x",
+        )
+        add(
+            f"@transactional endpoint vs hand-written that commits{where}",
+            speed(TR, COMMIT_FLOOR, level),
+            0.95,
+        )
+        add(
+            f"UnitOfWorkMiddleware vs hand-written that commits + one thread hop{where}",
+            speed(MW, HOP_FLOOR, level),
+            0.80,
+        )
+        if level == 1:
+            no_db = duels.extra(MW, FLOOR)
+            at_most("request that never touches the DB: UnitOfWorkMiddleware vs none", no_db, 0.03)
+            floor_extra = duels.extra(PASS_THROUGH, FLOOR)
+            reference("a middleware that only wraps send, vs none", f"{floor_extra * 100:+.1f}%")
+        fastest = duels.opponent(FA_TR, level)
         add(
             f"FastAPI @transactional vs the fastest FastAPI alternative ({fastest}){where}",
-            speed(fa_tr, fastest, level),
+            speed(FA_TR, fastest, level),
             1.2,
         )
-        add(f"FastAPI + middleware + provide_session vs {fastest}{where}", speed(fa_ps, fastest, level), 1.0)
+        add(f"FastAPI + middleware + provide_session vs {fastest}{where}", speed(FA_PS, fastest, level), 1.0)
     over = data["overhead"]
     extra = paired(over["sync @transactional"], over["sync by hand"]) - 1
     at_most("@transactional overhead on a primary-key read (sync)", extra, 0.05)
@@ -114,28 +127,24 @@ def targets(data: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
 
 def floors(data: dict[str, Any]) -> list[str]:
     """What the reference rows say about the targets against hand-written code (for the page)."""
-    duels = {(d["pattern"], d["reference"], d["kind"], d["level"]): d["ratios"] for d in data["duels"]}
-
-    def speed(name: str, than: str, kind: str = "read") -> float:
-        return statistics.median(duels[name, than, kind, 1])
-
-    tr, mw = "uow @transactional (Starlette)", "uow UnitOfWorkMiddleware (Starlette)"
+    duels = Duels(data)
+    speed = duels.speed
     plain_us = med(data["patterns"][FLOOR]["plain_us"])
-    mw_extra = 1 / speed(mw, FLOOR, "plain") - 1
+    mw_extra = duels.extra(MW, FLOOR)
     return [
         "",
         "What the floors say, at concurrency 1:",
         "",
         f"- The hand-written endpoint does not commit its read; committing it alone runs at "
         f"{speed(COMMIT_FLOOR, FLOOR):.2f}x. A unit of work commits (only it knows that nothing was "
-        f"written), and `@transactional` runs at {speed(tr, COMMIT_FLOOR):.2f}x of that floor.",
+        f"written), and `@transactional` runs at {speed(TR, COMMIT_FLOOR):.2f}x of that floor.",
         f"- A middleware that ends a sync session without blocking the event loop makes one trip to a "
         f"thread and back per request: the committing endpoint plus that trip runs at "
         f"{speed(HOP_FLOOR, FLOOR):.2f}x of hand-written, and `UnitOfWorkMiddleware` at "
-        f"{speed(mw, HOP_FLOOR):.2f}x of that floor. On this machine the trip alone costs "
+        f"{speed(MW, HOP_FLOOR):.2f}x of that floor. On this machine the trip alone costs "
         f"{(speed(COMMIT_FLOOR, FLOOR) / speed(HOP_FLOOR, FLOOR) - 1) * 100:.0f}% of a read.",
         f"- A request that never touches the database takes {plain_us:.0f} µs here. A middleware that "
-        f"only wraps `send` adds {(1 / speed(PASS_THROUGH, FLOOR, 'plain') - 1) * 100:.0f}%; "
+        f"only wraps `send` adds {duels.extra(PASS_THROUGH, FLOOR) * 100:.0f}%; "
         f"`UnitOfWorkMiddleware` adds {mw_extra * 100:.0f}% (about {mw_extra * plain_us:.1f} µs: its "
         "unit, two context variables and the check at the response's start; no session, no connection).",
     ]

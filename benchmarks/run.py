@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message
 import uow
 from benchmarks import apps
 from benchmarks.overhead import decorator_overhead
-from benchmarks.report import COMMIT_FLOOR, FLOOR, HOP_FLOOR, PASS_THROUGH
+from benchmarks.report import FA_PS, FA_TR, FLOOR, FLOOR_DUELS, MW, PASS_THROUGH
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -290,39 +290,27 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
 
 
 def duel_plan(results: dict[str, PatternResult], config: Config) -> list[tuple[str, str, str, int]]:
-    """The comparisons the targets make: (pattern, reference, kind of request, concurrency)."""
-    tr, mw = "uow @transactional (Starlette)", "uow UnitOfWorkMiddleware (Starlette)"
-    fa_tr, fa_ps = "uow @transactional (FastAPI)", "uow middleware + provide_session (FastAPI)"
+    """The comparisons the targets make: (pattern, reference, kind of request, concurrency).
+
+    At concurrency 1 and 16 (when measured): uow and the floors against each
+    other, and the FastAPI patterns against the fastest FastAPI alternative
+    at that level; at concurrency 1, requests that never touch the database.
+    """
     alternatives = [a for a in apps.FASTAPI_ALTERNATIVES if a in results]
-    fastest = min(alternatives, key=lambda a: median(results[a].read_us))
-    plan = [
-        (tr, FLOOR, "read", 1),
-        (mw, FLOOR, "read", 1),
-        (COMMIT_FLOOR, FLOOR, "read", 1),
-        (HOP_FLOOR, FLOOR, "read", 1),
-        (tr, COMMIT_FLOOR, "read", 1),
-        (mw, HOP_FLOOR, "read", 1),
-        (mw, FLOOR, "plain", 1),
-        (PASS_THROUGH, FLOOR, "plain", 1),
-        (fa_tr, fastest, "read", 1),
-        (fa_ps, fastest, "read", 1),
-    ]
-    if 16 in config.levels:
 
-        def at_16(name: str) -> float:
-            return median([r.throughput for r in results[name].levels[16] if r.throughput])
+    def read_speed(name: str) -> float:
+        return -median(results[name].read_us)
 
-        fastest_16 = max(alternatives, key=at_16)
-        plan += [
-            (tr, FLOOR, "read", 16),
-            (mw, FLOOR, "read", 16),
-            (COMMIT_FLOOR, FLOOR, "read", 16),
-            (HOP_FLOOR, FLOOR, "read", 16),
-            (tr, COMMIT_FLOOR, "read", 16),
-            (mw, HOP_FLOOR, "read", 16),
-            (fa_tr, fastest_16, "read", 16),
-            (fa_ps, fastest_16, "read", 16),
-        ]
+    def speed_at_16(name: str) -> float:
+        return median([r.throughput for r in results[name].levels[16] if r.throughput])
+
+    plan = [(MW, FLOOR, "plain", 1), (PASS_THROUGH, FLOOR, "plain", 1)]
+    for level, speed in ((1, read_speed), (16, speed_at_16)):
+        if level not in config.levels:
+            continue
+        fastest = max(alternatives, key=speed)
+        plan += [(name, ref, "read", level) for name, ref in FLOOR_DUELS]
+        plan += [(FA_TR, fastest, "read", level), (FA_PS, fastest, "read", level)]
     return plan
 
 
