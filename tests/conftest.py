@@ -1,9 +1,12 @@
 """Fixtures shared by the suite: every database test runs on a SQLite file and on PostgreSQL.
 
 PostgreSQL comes from ``UOW_TEST_POSTGRES_URL`` (a sync URL such as
-``postgresql+psycopg://uow:uow@127.0.0.1:5432/uow``). Without it the
-PostgreSQL cases are skipped, unless ``UOW_REQUIRE_POSTGRES=1`` (as in CI),
-which turns that into a failure.
+``postgresql+psycopg://uow:uow@127.0.0.1:5432/uow``). Without it, the suite
+starts a throwaway cluster of its own (``tests/pgcluster.py``: ``initdb`` in a
+temporary directory, a free port of 127.0.0.1) when PostgreSQL is installed,
+and removes it at the end; it never touches a cluster it did not create. With
+neither, the PostgreSQL cases are skipped, unless ``UOW_REQUIRE_POSTGRES=1`` (as
+in CI), which turns that into a failure.
 """
 
 from __future__ import annotations
@@ -18,10 +21,33 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import uow
+from tests import pgcluster
 from uow import _default
 
-PG_URL = os.environ.get("UOW_TEST_POSTGRES_URL")
 REQUIRE_PG = os.environ.get("UOW_REQUIRE_POSTGRES") == "1"
+_cluster: pgcluster.Cluster | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _cluster
+    if os.environ.get("UOW_TEST_POSTGRES_URL") or not pgcluster.available():
+        return
+    _cluster = pgcluster.Cluster().start()
+    # subprocesses (real servers, workers) find it the same way
+    os.environ["UOW_TEST_POSTGRES_URL"] = _cluster.url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _cluster
+    if _cluster is not None:
+        _cluster.stop()
+        _cluster = None
+        del os.environ["UOW_TEST_POSTGRES_URL"]
+
+
+def pg_url() -> str | None:
+    """The PostgreSQL URL the suite uses, or None if there is none."""
+    return os.environ.get("UOW_TEST_POSTGRES_URL")
 
 
 class Base(DeclarativeBase):
@@ -41,11 +67,12 @@ class Counter(Base):
 
 
 def _require_pg() -> str:
-    if PG_URL is None:
+    url = pg_url()
+    if url is None:
         if REQUIRE_PG:
             pytest.fail("UOW_REQUIRE_POSTGRES=1 but UOW_TEST_POSTGRES_URL is not set")
-        pytest.skip("set UOW_TEST_POSTGRES_URL to run the PostgreSQL cases")
-    return PG_URL
+        pytest.skip("install PostgreSQL or set UOW_TEST_POSTGRES_URL to run the PostgreSQL cases")
+    return url
 
 
 def async_pg_url(url: str) -> str:
