@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
 import uow
-from tests.conftest import PG_URL, Item, async_pg_url, make_engine, names
+from tests.conftest import Item, _require_pg, async_pg_url, make_engine, names
 
 pytestmark = pytest.mark.reliability
 
@@ -87,12 +87,12 @@ async def target(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -
         _install_slow_commit(reader)
     path: str = request.param
     if path == "run_sync":
-        url = f"sqlite:///{db_file}" if backend == "sqlite" else str(PG_URL)
+        url = f"sqlite:///{db_file}" if backend == "sqlite" else _require_pg()
         engine = create_engine(url, connect_args={"timeout": 5} if backend == "sqlite" else {})
         sync_engine = engine
         bind: Any = engine
     else:
-        url = f"sqlite+aiosqlite:///{db_file}" if backend == "sqlite" else async_pg_url(str(PG_URL))
+        url = f"sqlite+aiosqlite:///{db_file}" if backend == "sqlite" else async_pg_url(_require_pg())
         async_engine = create_async_engine(url)
         sync_engine = async_engine.sync_engine
         bind = async_engine
@@ -230,7 +230,7 @@ class Canceller:
         if self.way == "scope":
             scope.cancel()
         else:
-            scope.deadline = anyio.current_time()  # the deadline expires now
+            scope.deadline = self.loop.time()  # the deadline expires now (anyio's clock on asyncio)
 
     def again(self) -> None:
         """Cancel again (from any thread): the task again, or the enclosing scope."""

@@ -234,6 +234,9 @@ FAQ = [
     ("session_kind", uow.SessionKindError),
     ("blocking", uow.BlockingSessionUse),
     ("hook", uow.HookError),
+    ("session_ended", uow.SessionEnded),
+    ("savepoint_conflict", uow.SavepointConflict),
+    ("partial_commit", uow.PartialCommit),
     ("reused_block", uow.UnitOfWorkError),
 ]
 
@@ -274,6 +277,9 @@ def test_faq_mistake_raises_and_fix_works(
         "unexpected_rollback": "eve@example.com",
         "read_only": "fay@example.com",
         "hook": "hal@example.com",
+        "session_ended": "jo@example.com",
+        "savepoint_conflict": "lee@example.com",
+        "partial_commit": "mia@example.com",
     }
     if name in expected_after_fix:
         assert expected_after_fix[name] in emails

@@ -124,3 +124,29 @@ async def test_lifespan_app_through_asgi(load_example: Load, tmp_path: Path) -> 
     await module.app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
     assert rows(tmp_path / "lifespan.db", TABLES) == [("users",)]
+
+
+@pytest.mark.anyio
+async def test_idempotency_key_makes_a_retried_write_safe(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("disconnects.py")
+    async with client(module.app) as http:
+        first = await http.post("/payments", params={"amount": 5}, headers={"Idempotency-Key": "k1"})
+        retry = await http.post("/payments", params={"amount": 5}, headers={"Idempotency-Key": "k1"})
+        assert (first.status_code, retry.status_code) == (201, 200)
+        assert first.json() == retry.json()
+        assert (await http.post("/slow-report")).status_code == 201  # the client stayed
+    assert rows(tmp_path / "disconnects.db", "SELECT idempotency_key FROM payments ORDER BY id") == [
+        ("k1",),
+        ("report",),
+    ]
+
+
+@pytest.mark.anyio
+async def test_two_databases_the_inner_failure_rolls_back_both(load_example: Load, tmp_path: Path) -> None:
+    module = load_example("two_databases.py")
+    async with client(module.app, raise_app_exceptions=False) as http:
+        assert (await http.post("/orders", params={"reference": "A-1"})).status_code == 201
+        assert (await http.post("/orders", params={"reference": "A-1"})).status_code == 500
+    assert rows(tmp_path / "orders.db", "SELECT reference FROM orders") == [("A-1",)]
+    # the failed COMMIT came first (innermost): the audit line of the duplicate was not kept
+    assert rows(tmp_path / "audit.db", "SELECT line FROM audit") == [("order A-1 placed",)]

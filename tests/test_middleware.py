@@ -521,7 +521,7 @@ async def test_pg_deferred_constraint_at_commit_answers_500(
     assert names(engine) == []
 
 
-# --- the disconnect probe: how the unit learns, at response start, that the client is gone ---------
+# --- disconnects: uow reads nothing by itself; a disconnect the app saw rolls back ---------------
 
 
 def http_scope(method: str, path: str) -> Scope:
@@ -567,53 +567,53 @@ def body_then(rest: Receive) -> Receive:
 
 
 @pytest.mark.anyio
-async def test_a_server_that_knows_the_client_is_gone_makes_the_unit_roll_back(
+async def test_uow_never_calls_the_servers_receive_by_itself(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """No probe: a body nobody asked for stays unread (no 100 Continue, no lost messages, no hang)."""
+    calls = 0
+
+    async def receive() -> Message:
+        nonlocal calls
+        calls += 1
+        return {"type": "http.disconnect"}  # a client that already left, unseen by the app
+
+    sent = await drive(starlette_app(Route("/items/{name}", add_item, methods=["POST"])), receive)
+    assert calls == 0
+    assert sent[0]["status"] == 201
+    assert names(engine) == ["x"]  # documented: a client that vanishes unseen may have its write kept
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_a_disconnect_the_app_saw_makes_the_unit_roll_back(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
     async def gone() -> Message:
         return {"type": "http.disconnect"}
 
-    sent = await drive(starlette_app(Route("/items/{name}", add_item, methods=["POST"])), body_then(gone))
+    async def endpoint(request: Request) -> Response:
+        await uow.run_sync(lambda: (uow.session.add(Item(name="x")), uow.session.flush()))
+        await request.body()
+        assert await request.is_disconnected()  # read through uow's receive wrapper
+        return PlainTextResponse("", status_code=201)
+
+    sent = await drive(starlette_app(Route("/items/{name}", endpoint, methods=["POST"])), body_then(gone))
     assert sent[0]["status"] == 201  # the app's answer goes out (to nobody); the unit did not commit
     assert names(engine) == []
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.anyio
-async def test_a_client_still_there_gets_its_commit_and_the_probe_leaves_no_waiter(
-    manager: uow.UnitOfWorkManager, engine: Engine
-) -> None:
-    waiting = asyncio.Event()
-
-    async def still_there() -> Message:
-        await waiting.wait()  # a server waits here until the client goes
-        return {"type": "http.disconnect"}
-
-    sent = await drive(
-        starlette_app(Route("/items/{name}", add_item, methods=["POST"])), body_then(still_there)
-    )
-    assert sent[0]["status"] == 201
-    assert names(engine) == ["x"]
-    assert not waiting._waiters  # type: ignore[attr-defined]  # the probe's wait was cancelled, and cleaned up
-
-
-@pytest.mark.anyio
-async def test_a_body_the_probe_reads_is_kept_for_the_app(
-    manager: uow.UnitOfWorkManager, engine: Engine
-) -> None:
-    """The endpoint never read the body: the probe reads it, and the app still gets it afterwards."""
-    messages = [
+async def test_body_messages_reach_the_app_in_order(manager: uow.UnitOfWorkManager, engine: Engine) -> None:
+    messages: list[Message] = [
         {"type": "http.request", "body": b"la", "more_body": True},
         {"type": "http.request", "body": b"te", "more_body": False},
     ]
     received: list[Message] = []
-    client_leaves = asyncio.Event()
 
     async def server_receive() -> Message:
-        if messages:
-            return messages.pop(0)
-        await client_leaves.wait()
-        return {"type": "http.disconnect"}
+        return messages.pop(0)
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         await uow.run_sync(lambda: (uow.session.add(Item(name="x")), uow.session.flush()))
@@ -622,60 +622,72 @@ async def test_a_body_the_probe_reads_is_kept_for_the_app(
         await send({"type": "http.response.body", "body": b"ok"})
 
     await drive(UnitOfWorkMiddleware(endpoint), server_receive)
-    assert received == [
-        {"type": "http.request", "body": b"la", "more_body": True},
-        {"type": "http.request", "body": b"te", "more_body": False},
-    ]
-    assert names(engine) == ["x"]  # the probe saw a body, not a disconnect: committed
+    assert [m["body"] for m in received] == [b"la", b"te"]
+    assert names(engine) == ["x"]
+
+
+class ReplayBody:
+    """The body-logging recipe: read the whole body, then hand the app a receive that replays it.
+
+    Its receive answers every call at once and never says ``http.disconnect``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+
+        async def replay() -> Message:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("ready", [True, False], ids=["disconnect-ready", "pending"])
-async def test_the_probe_takes_a_receive_that_returns_a_future(
-    manager: uow.UnitOfWorkManager, engine: Engine, ready: bool
-) -> None:
-    """``receive`` need only return an awaitable; a pending one is cancelled, a done one is read."""
-    pending: list[asyncio.Future[Message]] = []
-    rest_calls = 0
-
-    def receive_future() -> asyncio.Future[Message]:
-        nonlocal rest_calls
-        rest_calls += 1
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        if ready:
-            future.set_result({"type": "http.disconnect"})
-        pending.append(future)
-        return future
-
-    first = True
-
-    def receive() -> Any:
-        nonlocal first
-        if first:
-            first = False
-            done: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-            done.set_result({"type": "http.request", "body": b"", "more_body": False})
-            return done
-        return receive_future()
-
-    await drive(starlette_app(Route("/items/{name}", add_item, methods=["POST"])), receive)
-    assert rest_calls == 1
-    assert names(engine) == ([] if ready else ["x"])
-    assert pending[0].done()  # answered, or cancelled by the probe: nothing left waiting
-    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
-
-
-@pytest.mark.anyio
-async def test_a_receive_that_answers_the_probes_cancellation_counts_as_its_answer(
+async def test_behind_a_body_replaying_middleware_requests_end_and_commit(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
-    async def answers_cancel() -> Message:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            return {"type": "http.disconnect"}  # a server that reports the client gone when interrupted
-        return {"type": "http.disconnect"}
+    async def echo(request: Request) -> Response:
+        body = await request.body()
+        await uow.run_sync(lambda: (uow.session.add(Item(name=body.decode())), uow.session.flush()))
+        return PlainTextResponse(body, status_code=201)
 
-    await drive(starlette_app(Route("/items/{name}", add_item, methods=["POST"])), body_then(answers_cancel))
-    assert names(engine) == []
-    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    app = ReplayBody(starlette_app(Route("/echo", echo, methods=["POST"])))
+    async with client(app) as c:
+        with anyio.fail_after(10):  # it used to loop forever on the replayed receive
+            response = await c.post("/echo", content=b"hello")
+    assert (response.status_code, response.text) == (201, "hello")
+    assert names(engine) == ["hello"]
+
+
+@pytest.mark.anyio
+async def test_behind_base_http_middleware_a_body_read_after_the_commit_reaches_the_app(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """The body is read only after the response started (the commit): nothing uow did consumed it."""
+
+    class Outer(BaseHTTPMiddleware):
+        async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+            return await call_next(request)
+
+    async def echo(scope: Scope, receive: Receive, send: Send) -> None:
+        await uow.run_sync(lambda: (uow.session.add(Item(name="x")), uow.session.flush()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        await send({"type": "http.response.body", "body": body})
+
+    app = Outer(UnitOfWorkMiddleware(echo))
+    async with client(app) as c:
+        with anyio.fail_after(10):
+            response = await c.post("/echo", content=b"hello")
+    assert (response.status_code, response.text) == (200, "hello")
+    assert names(engine) == ["x"]

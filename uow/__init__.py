@@ -19,8 +19,11 @@ from .exceptions import IsolationLevelConflict as IsolationLevelConflict
 from .exceptions import NoActiveUnitOfWork as NoActiveUnitOfWork
 from .exceptions import NotConfiguredError as NotConfiguredError
 from .exceptions import NotDecoratableError as NotDecoratableError
+from .exceptions import PartialCommit as PartialCommit
 from .exceptions import PropagationError as PropagationError
 from .exceptions import ReadOnlyViolation as ReadOnlyViolation
+from .exceptions import SavepointConflict as SavepointConflict
+from .exceptions import SessionEnded as SessionEnded
 from .exceptions import SessionKindError as SessionKindError
 from .exceptions import UnexpectedRollback as UnexpectedRollback
 from .exceptions import UnitOfWorkError as UnitOfWorkError
@@ -37,9 +40,12 @@ __all__ = [
     "NoActiveUnitOfWork",
     "NotConfiguredError",
     "NotDecoratableError",
+    "PartialCommit",
     "Propagation",
     "PropagationError",
     "ReadOnlyViolation",
+    "SavepointConflict",
+    "SessionEnded",
     "SessionKindError",
     "UnexpectedRollback",
     "UnitOfWork",

@@ -65,7 +65,7 @@ class AsyncScope:
             self.token = manager._current.set(None)
             return None
         if action is Action.BEGIN:
-            tx = Transaction(manager, options, driven_async=True)
+            tx = Transaction(manager, options, driven_async=True, outer=current.tx if current else None)
             unit = Unit(tx)
             unit.attempt = self.attempt
             start = tx.start_options()
@@ -79,16 +79,20 @@ class AsyncScope:
             if action is Action.JOIN:
                 self.unit = current
                 return current
-            unit = Unit(current.tx, current)
-            session = current.tx.get_session()
+            tx = current.tx
+            session = tx.get_session()
+            tx.check_boundary(current)
+            unit = Unit(tx, current)
             if isinstance(session, AsyncSession):
                 unit.savepoint = await session.begin_nested()
             else:
-                tx = current.tx
                 async with tx.async_lock():
+                    tx.check_boundary(current)  # a sibling task may have begun one meanwhile
                     unit.savepoint = await session_thread(
-                        session.begin_nested, holds_connection=tx.holds_connection()
+                        functools.partial(tx.locked, session.begin_nested),
+                        holds_connection=tx.holds_connection(),
                     )
+            tx.innermost = unit
         self.unit = unit
         self.token = manager._current.set(unit)
         return unit
@@ -136,7 +140,7 @@ async def end_unit(
     tx = unit.tx
     if not savepoint and tx.session is None and unit.is_bare():
         # no session, no hooks, nothing to refuse, nothing to log: the outcome is all there is
-        tx.ended = True
+        tx.ended = tx.closed = True
         tx.committed = not rollback and outcome(options, exc) == "commit"
         return None
     if not savepoint and unit.is_bare() and isinstance(tx.session, Session) and tx.lock_is_free():
@@ -152,11 +156,13 @@ async def _end_unit(
     planned = verdict(unit, options, "rollback" if rollback else outcome(options, exc))
     commit = planned.action == "commit"
     if savepoint:
+        unit.tx.innermost = unit.parent
         io_error = await _end_savepoint(unit, commit)
     else:
         unit.tx.ended = True
         # a read-only unit that succeeded counts as committed, but never COMMITs
         io_error = await _end_session(unit.tx, commit and not options.read_only)
+        unit.tx.closed = True
     committed, error = conclude(exc, planned, io_error)
     if unit.started:
         log_end(unit, committed, savepoint)
@@ -186,9 +192,10 @@ async def _end_bare_sync(
     tx.ended = True
     cancelled: BaseException | None = None
     if tx.needs_io_to_end():
-        io_error, cancelled = await finish(functools.partial(end_session, session, commit))
+        io_error, cancelled = await finish(functools.partial(tx.locked, end_session, session, commit))
     else:
         io_error = end_session(session, commit)
+    tx.closed = True
     committed, error = conclude(exc, planned, io_error)
     tx.committed = committed
     if cancelled is not None:  # it came while the session ended: raise it now, with the error
@@ -230,7 +237,7 @@ async def _end_sync_session(tx: Transaction, session: Session, commit: bool) -> 
     # A task the unit started (asyncio.gather's siblings of a failed child) may
     # still be running session work in a thread: wait for it before ending.
     async with tx.async_lock():
-        return await in_finisher(functools.partial(end_session, session, commit))
+        return await in_finisher(functools.partial(tx.locked, end_session, session, commit))
 
 
 async def _end_async_session(session: AsyncSession, commit: bool) -> BaseException | None:
@@ -259,7 +266,7 @@ async def _end_savepoint(unit: Unit, commit: bool) -> BaseException | None:
 
 async def _end_sync_savepoint(unit: Unit, commit: bool) -> BaseException | None:
     async with unit.tx.async_lock():
-        return await in_finisher(functools.partial(end_savepoint, unit, commit))
+        return await in_finisher(functools.partial(unit.tx.locked, end_savepoint, unit, commit))
 
 
 async def _end_async_savepoint(unit: Unit, commit: bool) -> BaseException | None:

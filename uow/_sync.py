@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
@@ -21,7 +22,6 @@ from ._unit import (
     settle,
     verdict,
 )
-from .concurrency import on_event_loop
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ class SyncScope:
                 "async def, or configure uow with a sync engine"
             )
         if action is Action.BEGIN:
-            tx = Transaction(manager, options, driven_async=False)
+            tx = Transaction(manager, options, driven_async=False, outer=current.tx if current else None)
             unit = Unit(tx)
             unit.attempt = self.attempt
             start = tx.start_options()
@@ -75,7 +75,7 @@ class SyncScope:
         else:
             assert current is not None
             check_joinable(options, current.tx.options)
-            if current.tx.driven_async and on_event_loop():
+            if current.tx.loop_thread == threading.get_ident() and not manager.is_async:
                 raise BlockingSessionUse(
                     "a sync unit was entered on the event loop thread inside an "
                     "async unit whose session is sync: its queries would block the "
@@ -84,10 +84,13 @@ class SyncScope:
             if action is Action.JOIN:
                 self.unit = current
                 return current
-            session = current.tx.get_session()
+            tx = current.tx
+            session = tx.get_session()
             assert isinstance(session, Session)
-            unit = Unit(current.tx, current)
+            tx.check_boundary(current)
+            unit = Unit(tx, current)
             unit.savepoint = session.begin_nested()
+            tx.innermost = unit
         self.unit = unit
         self.token = manager._current.set(unit)
         return unit
@@ -119,11 +122,13 @@ def end_unit(
     planned = verdict(unit, options, outcome(options, exc))
     commit = planned.action == "commit"
     if savepoint:
+        unit.tx.innermost = unit.parent
         io_error = end_savepoint(unit, commit)
     else:
         unit.tx.ended = True
         # a read-only unit that succeeded counts as committed, but never COMMITs
         io_error = end_session(unit.tx.session, commit and not options.read_only)  # type: ignore[arg-type]
+        unit.tx.closed = True
     committed, error = conclude(exc, planned, io_error)
     if unit.started:
         log_end(unit, committed, savepoint)

@@ -7,15 +7,23 @@ import logging
 import threading
 from collections.abc import Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypeVar
 
 import anyio
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from ._core import Outcome, UnitOptions
 from .concurrency import on_event_loop
-from .exceptions import HookError, NoActiveUnitOfWork, ReadOnlyViolation, UnexpectedRollback
+from .exceptions import (
+    BlockingSessionUse,
+    HookError,
+    ReadOnlyViolation,
+    SavepointConflict,
+    SessionEnded,
+    SessionKindError,
+    UnexpectedRollback,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["Hook", "Transaction", "Unit", "conclude"]
 
 logger = logging.getLogger("uow")
+P = ParamSpec("P")
+T = TypeVar("T")
 _create_lock = threading.Lock()
 
 
@@ -41,42 +51,87 @@ class Transaction:
     database costs no session and no connection.
     """
 
-    __slots__ = ("_lock", "committed", "driven_async", "ended", "manager", "options", "session")
+    __slots__ = (
+        "_lock",
+        "_thread_lock",
+        "closed",
+        "committed",
+        "connected",
+        "driven_async",
+        "ended",
+        "innermost",
+        "loop_thread",
+        "manager",
+        "options",
+        "outer",
+        "session",
+    )
 
-    def __init__(self, manager: UnitOfWorkManager, options: UnitOptions, driven_async: bool) -> None:
+    def __init__(
+        self,
+        manager: UnitOfWorkManager,
+        options: UnitOptions,
+        driven_async: bool,
+        outer: Transaction | None = None,
+    ) -> None:
         self.manager = manager
         self.options = options
         self.session: Session | AsyncSession | None = None
         #: True when the outermost unit is finished with ``await`` (async def / async with)
         self.driven_async = driven_async
+        #: the thread running the event loop of an async-driven unit (None for a sync one)
+        self.loop_thread = threading.get_ident() if driven_async else None
+        #: the transaction this one suspended (REQUIRES_NEW), None for the first of a context
+        self.outer = outer
+        #: the innermost open boundary: the root unit, or the last SAVEPOINT begun and not ended
+        self.innermost: Unit | None = None
         #: set when the unit begins to end; its session is then off limits
         self.ended = False
+        #: set once the session is closed: any use of it after that is refused
+        self.closed = False
+        #: set when the session checks out a connection (SessionEvents.after_begin)
+        self.connected = False
         #: the outcome, once known: True committed, False rolled back
         self.committed: bool | None = None
         self._lock: anyio.Lock | asyncio.Lock | None = None
-
-    @property
-    def is_async_session(self) -> bool:
-        return self.manager.is_async
+        self._thread_lock: threading.RLock | None = None
 
     def get_session(self) -> Session | AsyncSession:
         """Return the session, making it on first use."""
         session = self.session
         if self.ended:
-            raise NoActiveUnitOfWork(
-                "this unit of work has already ended (a request's unit ends when its "
-                "response starts), so its session is closed. Open a unit of your own "
-                "for this work: `with uow.unit_of_work():` or @uow.transactional"
-            )
+            raise SessionEnded(_ENDED)
         if session is None:
             with _create_lock:
                 session = self.session
                 if session is None:
                     session = self.manager.session_factory()
-                    if self.options.read_only:
-                        _guard_read_only(session)
+                    _sync_session(session).info[TX_KEY] = self
                     self.session = session
+        loop_thread = self.loop_thread
+        if loop_thread is not None and self.manager.is_async and threading.get_ident() != loop_thread:
+            raise SessionKindError(
+                "this unit's session is an AsyncSession, which only the event loop can "
+                "drive; a worker thread (uow.run_sync, asyncio.to_thread) cannot use it. "
+                "Await it in the async code itself, or run sync code on it with "
+                "`await uow.session.run_sync(fn)` (fn gets a sync Session)"
+            )
         return session
+
+    def thread_lock(self) -> threading.RLock:
+        """Return the lock a worker thread holds while it uses this (sync) session."""
+        lock = self._thread_lock
+        if lock is None:
+            with _create_lock:
+                lock = self._thread_lock
+                if lock is None:
+                    lock = self._thread_lock = threading.RLock()
+        return lock
+
+    def locked(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call *fn* holding :meth:`thread_lock` (worker threads use the session one at a time)."""
+        with self.thread_lock():
+            return fn(*args, **kwargs)
 
     def start_options(self) -> dict[str, Any]:
         """Return the execution options the first connection needs ({} if none)."""
@@ -98,20 +153,11 @@ class Transaction:
         if session is None:
             return False
         sync = _sync_session(session)
-        return self.holds_connection() or bool(sync.new or sync.deleted or sync.dirty)
+        return self.connected or bool(sync.new or sync.deleted or sync.dirty)
 
     def holds_connection(self) -> bool:
         """Return True if the session has checked out a connection (it holds it until it ends)."""
-        session = self.session
-        if session is None:
-            return False
-        tx = _sync_session(session).get_transaction()
-        if tx is None:
-            return False
-        connections = getattr(tx, "_connections", None)
-        if connections is None:  # pragma: no cover - SQLAlchemy internals moved
-            return True
-        return bool(connections)
+        return self.connected
 
     def async_lock(self) -> anyio.Lock | asyncio.Lock:
         """Return the lock that serializes thread work on this (sync) session.
@@ -129,20 +175,85 @@ class Transaction:
         lock = self._lock
         return lock is None or not lock.locked()
 
+    def check_boundary(self, unit: Unit) -> None:
+        """Refuse session work from *unit* while a SAVEPOINT it does not enclose is open.
+
+        Two tasks of one transaction (``asyncio.gather``) each in a savepoint of
+        their own would interleave: rolling one back would silently discard the
+        other's writes.
+        """
+        innermost = self.innermost
+        if innermost is not None and innermost is not unit:
+            raise SavepointConflict(
+                "another task's savepoint (propagation=NESTED) of this transaction is "
+                "open, so this work would land inside it and share its fate. Run "
+                "savepoints of one transaction one after another (await each), or give "
+                "concurrent work transactions of its own with propagation=REQUIRES_NEW"
+            )
+
+
+TX_KEY = "uow.transaction"
+
+_ENDED = (
+    "this unit of work has already ended (a request's unit ends when its response "
+    "starts), so its session is closed. Open a unit of your own for this work: "
+    "`with uow.unit_of_work():` or @uow.transactional (in a background task, use "
+    "uow.starlette.BackgroundTask, which opens one)"
+)
+
+
+def _check_use(session: Session) -> None:
+    """Refuse I/O on a unit's session that its unit no longer allows (SessionEvents listener)."""
+    tx = session.info.get(TX_KEY)
+    if tx is None:
+        return
+    if tx.closed:
+        raise SessionEnded(_ENDED)
+    if tx.loop_thread == threading.get_ident() and not tx.manager.is_async:
+        raise BlockingSessionUse(
+            "a sync session was used on the event loop thread, where its query would "
+            "block every other request. Use it from a `def` endpoint or dependency "
+            "(they run in the threadpool), run the work with `await uow.run_sync(fn)`, "
+            "or configure uow with an AsyncEngine"
+        )
+    unit = tx.manager._current.get()
+    if unit is not None and unit.tx is tx:
+        tx.check_boundary(unit)
+
+
+def _before_flush(session: Session, _flush_context: Any, _instances: Any) -> None:
+    _check_use(session)
+    tx = session.info.get(TX_KEY)
+    if tx is not None and tx.options.read_only and has_pending_writes(session):
+        raise ReadOnlyViolation(
+            "this unit is read_only=True, but the session was asked to flush "
+            "changes; open a read-write unit for writes, or expunge the objects"
+        )
+
+
+def _do_orm_execute(state: ORMExecuteState) -> None:
+    _check_use(state.session)
+
+
+def _after_begin(session: Session, _transaction: Any, _connection: Any) -> None:
+    tx = session.info.get(TX_KEY)
+    if tx is not None:
+        tx.connected = True
+
+
+def install_guards(session_class: Any) -> None:
+    """Listen, once, to the sessions a factory makes (a class-level listener costs nothing per session)."""
+    for name, fn in (
+        ("before_flush", _before_flush),
+        ("do_orm_execute", _do_orm_execute),
+        ("after_begin", _after_begin),
+    ):
+        if not event.contains(session_class, name, fn):
+            event.listen(session_class, name, fn)
+
 
 def _sync_session(session: Session | AsyncSession) -> Session:
     return session if isinstance(session, Session) else session.sync_session
-
-
-def _guard_read_only(session: Session | AsyncSession) -> None:
-    def refuse_flush(sess: Session, *_: Any) -> None:
-        if sess.new or sess.deleted or any(sess.is_modified(o) for o in sess.dirty):
-            raise ReadOnlyViolation(
-                "this unit is read_only=True, but the session was asked to flush "
-                "changes; open a read-write unit for writes, or expunge the objects"
-            )
-
-    event.listen(_sync_session(session), "before_flush", refuse_flush)
 
 
 def has_pending_writes(session: Session | AsyncSession | None) -> bool:
@@ -153,8 +264,17 @@ def has_pending_writes(session: Session | AsyncSession | None) -> bool:
 
 
 def live(unit: Unit | None) -> Unit | None:
-    """Return *unit* if it is open, None if there is none or it has ended."""
-    if unit is None or unit.tx.ended:
+    """Return *unit* if it is open, None if there is none or it has ended.
+
+    A savepoint whose transaction ended under it (the outer unit ended while
+    another task was still inside the savepoint's block) is an error: work
+    there must not slip into a new transaction of its own.
+    """
+    if unit is None:
+        return None
+    if unit.tx.ended:
+        if unit.parent is not None:
+            raise SessionEnded(_ENDED)
         return None
     return unit
 
@@ -190,6 +310,8 @@ class Unit:
         self.rollback_hooks: list[Hook] = []
         #: earlier runs of this unit by a retrying decorator (0: the first run)
         self.attempt = 0
+        if parent is None:
+            tx.innermost = self
 
     def is_bare(self) -> bool:
         """Return True if ending this unit has nothing to run, refuse or log beyond its session."""

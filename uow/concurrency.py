@@ -297,7 +297,9 @@ async def run_sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     if tx is None:
         return await anyio.to_thread.run_sync(call)
     async with tx.async_lock():
-        return await session_thread(call, holds_connection=tx.holds_connection())
+        return await session_thread(
+            functools.partial(tx.locked, call), holds_connection=tx.holds_connection()
+        )
 
 
 async def maybe_await(value: Awaitable[T] | T) -> T:

@@ -10,8 +10,11 @@ __all__ = [
     "NoActiveUnitOfWork",
     "NotConfiguredError",
     "NotDecoratableError",
+    "PartialCommit",
     "PropagationError",
     "ReadOnlyViolation",
+    "SavepointConflict",
+    "SessionEnded",
     "SessionKindError",
     "UnexpectedRollback",
     "UnitOfWorkError",
@@ -28,6 +31,15 @@ class NotConfiguredError(UnitOfWorkError, RuntimeError):
 
 class NoActiveUnitOfWork(UnitOfWorkError, LookupError):
     """Raised when code asks for the current session outside any unit."""
+
+
+class SessionEnded(NoActiveUnitOfWork):
+    """Raised when a unit's session is used after the unit ended.
+
+    Through ``uow.session``, a session from ``provide_session``, or a
+    reference kept elsewhere: the session is closed and holds no connection,
+    and work on it would run in a transaction nobody commits.
+    """
 
 
 class InvalidOptionError(UnitOfWorkError, ValueError):
@@ -76,6 +88,30 @@ class SessionKindError(UnitOfWorkError, TypeError):
 
 class BlockingSessionUse(UnitOfWorkError, RuntimeError):
     """Raised when a sync session would do I/O on the event loop thread."""
+
+
+class SavepointConflict(UnitOfWorkError, RuntimeError):
+    """Raised when concurrent tasks of one transaction would interleave SAVEPOINTs.
+
+    Rolling one back would silently discard the other's writes; run them one
+    after another, or give each a transaction of its own (``REQUIRES_NEW``).
+    """
+
+
+class PartialCommit(UnitOfWorkError):
+    """Raised when one database committed its part of the work and another then failed.
+
+    Two managers (two databases) cannot commit atomically: the message names
+    the databases that kept their writes and the one that failed (the
+    ``__cause__``). Reconcile with idempotent retries, or an outbox.
+    """
+
+    def __init__(self, message: str, kept: tuple[str, ...], failed: str) -> None:
+        super().__init__(message)
+        #: the names of the databases that committed
+        self.kept = kept
+        #: the name of the database whose COMMIT failed
+        self.failed = failed
 
 
 class HookError(UnitOfWorkError):

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ._compat import AsyncEngine, async_sessionmaker
 from ._core import TransientPredicate
 from ._detect import is_async_callable
-from ._unit import Hook, Unit, live
+from ._unit import Hook, Unit, install_guards, live
 from .concurrency import run_sync
 from .exceptions import InvalidOptionError, NoActiveUnitOfWork, SessionKindError
 from .sqlite import enable_savepoints
@@ -28,9 +28,23 @@ T = TypeVar("T")
 _NO_UNIT = (
     "no unit of work is open here. Wrap the code in @uow.transactional or "
     "`with uow.unit_of_work():` (`async with` in async code); in a Starlette or "
-    "FastAPI app add uow.starlette.UnitOfWorkMiddleware. A thread you start "
-    "yourself does not see the caller's unit: use `await uow.run_sync(fn)`"
+    "FastAPI app add uow.starlette.UnitOfWorkMiddleware. A thread started without "
+    "the caller's context (threading.Thread, an executor's submit) does not see "
+    "the caller's unit: call it with `await uow.run_sync(fn)`"
 )
+
+
+def _guard_sessions_of(factory: sessionmaker[Any] | async_sessionmaker[Any]) -> None:
+    """Install uow's session listeners on the sessions *factory* makes, and only on those."""
+    if isinstance(factory, sessionmaker):
+        install_guards(factory)  # SQLAlchemy listens on the factory's own Session subclass
+        return
+    sync_class = factory.kw.get("sync_session_class", Session)
+    if not sync_class.__dict__.get("_uow_guarded", False):
+        # a subclass of its own, so that listening never reaches other factories' sessions
+        sync_class = type(sync_class.__name__, (sync_class,), {"_uow_guarded": True})
+        factory.configure(sync_session_class=sync_class)
+    install_guards(sync_class)
 
 
 class UnitOfWorkManager:
@@ -39,7 +53,11 @@ class UnitOfWorkManager:
     *bind* is a ``sessionmaker``, ``async_sessionmaker``, ``Engine`` or
     ``AsyncEngine``. From an engine it makes a factory with
     ``expire_on_commit=False`` (and any *session_options*), so objects a
-    committed unit returns stay readable. A factory you pass is used as is.
+    committed unit returns stay readable. A factory you pass is used as is,
+    except that uow listens to the sessions it makes (``before_flush``,
+    ``do_orm_execute``, ``after_begin``) to refuse a session used after its
+    unit ended, or from the event loop thread. *name* names the database in
+    errors and log records (default: the engine's URL without its password).
     """
 
     def __init__(
@@ -49,6 +67,7 @@ class UnitOfWorkManager:
         sqlite_savepoints: bool = True,
         retry_on: Callable[[BaseException], bool] | None = None,
         retry_backoff: tuple[float, float] = (0.02, 1.0),
+        name: str | None = None,
         **session_options: Any,
     ) -> None:
         factory: sessionmaker[Any] | async_sessionmaker[Any]
@@ -89,8 +108,15 @@ class UnitOfWorkManager:
         self.dialect_name: str | None = (
             self.engine.dialect.name if self.engine is not None else None
         )
+        if name is not None and not isinstance(name, str):
+            raise InvalidOptionError(f"name={name!r} must be a string naming the database")
+        #: names the database in errors and log records (default: the engine's URL, no password)
+        self.name: str = name or (
+            self.engine.url.render_as_string(hide_password=True) if self.engine is not None else repr(factory)
+        )
         if sqlite_savepoints and self.engine is not None:
             enable_savepoints(self.engine)
+        _guard_sessions_of(factory)
         self.transient: tuple[TransientPredicate, ...] = (
             (retry_on,) if retry_on is not None else ()
         )
@@ -130,7 +156,11 @@ class UnitOfWorkManager:
         unit = self._current.get()
         if unit is None:
             raise NoActiveUnitOfWork(_NO_UNIT)
-        return unit.tx.get_session()
+        tx = unit.tx
+        session = tx.get_session()
+        if tx.innermost is not unit:
+            tx.check_boundary(unit)
+        return session
 
     @property
     def session(self) -> Session:

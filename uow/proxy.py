@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from .concurrency import on_event_loop
 from .exceptions import BlockingSessionUse
 
 if TYPE_CHECKING:
@@ -46,7 +47,9 @@ class SessionProxy:
 
     With a sync session owned by an async unit, anything that may do I/O
     raises :class:`BlockingSessionUse` on the event loop thread: run that
-    work with ``await uow.run_sync(fn)``.
+    work with ``await uow.run_sync(fn)``. In worker threads each call holds
+    the transaction's thread lock, so threads that inherit the unit
+    (``asyncio.to_thread``, Starlette's threadpool) use the session one at a time.
     """
 
     __slots__ = ("_get_manager",)
@@ -57,13 +60,9 @@ class SessionProxy:
     def _session(self, name: str) -> Any:
         manager = self._get_manager()
         session = manager.current_session()
-        if (
-            name not in _NO_IO
-            and isinstance(session, Session)
-            and on_event_loop()
-        ):
+        if name not in _NO_IO and isinstance(session, Session):
             unit = manager._current.get()
-            if unit is not None and unit.tx.driven_async:
+            if unit is not None and unit.tx.loop_thread == threading.get_ident():
                 raise BlockingSessionUse(
                     f"uow.session.{name} was used on the event loop thread, but the "
                     "unit's session is sync and would block the loop. Run the work "
@@ -73,7 +72,19 @@ class SessionProxy:
         return session
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._session(name), name)
+        manager = self._get_manager()
+        attr = getattr(self._session(name), name)
+        unit = manager._current.get()
+        if (
+            unit is not None
+            and unit.tx.loop_thread is not None
+            and not manager.is_async
+            and callable(attr)
+        ):
+            # a worker thread (run_in_threadpool, asyncio.to_thread) of an async unit: each
+            # call holds the transaction's thread lock, so threads use the session one at a time
+            return functools.partial(unit.tx.locked, attr)
+        return attr
 
     def __contains__(self, instance: object) -> bool:
         return instance in self._session("__contains__")

@@ -25,6 +25,13 @@ def _emit_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN")
 
 
+def _end_what_sqlite_left_open(dbapi_connection: Any, _record: Any, _state: Any) -> None:
+    # A COMMIT that fails (a deferred foreign key) leaves SQLite's transaction open,
+    # while SQLAlchemy counts it as ended and skips the pool's rollback: end it here.
+    if getattr(dbapi_connection, "in_transaction", False):
+        dbapi_connection.rollback()
+
+
 def enable_savepoints(engine: Engine | AsyncEngine) -> None:
     """Make SQLAlchemy, not the driver, begin SQLite transactions, so SAVEPOINT works.
 
@@ -41,3 +48,4 @@ def enable_savepoints(engine: Engine | AsyncEngine) -> None:
         return
     event.listen(sync_engine, "connect", _driver_leaves_transactions_alone)
     event.listen(sync_engine, "begin", _emit_begin)
+    event.listen(sync_engine.pool, "reset", _end_what_sqlite_left_open)

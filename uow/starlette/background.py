@@ -12,7 +12,7 @@ from .._async import AsyncScope
 from .._core import Propagation, UnitOptions
 from .._default import get_manager
 from .._sync import SyncScope
-from .._unit import Unit
+from .._unit import Transaction
 from ..exceptions import NotConfiguredError
 from ..manager import UnitOfWorkManager
 
@@ -30,20 +30,21 @@ class BackgroundTask(StarletteBackgroundTask):
     a fresh session, committed when *func* returns. ``def`` functions run in
     the threadpool. By default the task runs only if the request's unit
     committed (made inside a request without a unit, it always runs); use
-    :meth:`when` for ``"always"`` or ``"rolled_back"``.
+    :meth:`when` for ``"always"`` or ``"rolled_back"``. Made inside a
+    ``REQUIRES_NEW`` unit of the request, it still follows the request's unit.
     """
 
     def __init__(self, func: Callable[P, Any], *args: P.args, **kwargs: P.kwargs) -> None:
         super().__init__(func, *args, **kwargs)
         self.run_when: RunWhen = "committed"
-        self.request_unit: Unit | None = None
+        self.request_tx: Transaction | None = None
         self.manager: UnitOfWorkManager | None = None
         try:
             self.manager = get_manager()
         except NotConfiguredError:  # a manager may still come from .using()
             self.manager = None
         if self.manager is not None:
-            self.request_unit = self.manager._current.get()
+            self.request_tx = _first_transaction(self.manager)
 
     def when(self, run_when: RunWhen) -> BackgroundTask:
         """Run the task when the request's unit ``"committed"``, ``"rolled_back"``, or ``"always"``."""
@@ -59,15 +60,15 @@ class BackgroundTask(StarletteBackgroundTask):
     def using(self, manager: UnitOfWorkManager) -> BackgroundTask:
         """Open the task's unit (and find the request's) with *manager* instead of the default."""
         self.manager = manager
-        self.request_unit = manager._current.get()
+        self.request_tx = _first_transaction(manager)
         return self
 
     def should_run(self) -> bool:
         """Return whether the request's outcome lets this task run."""
-        unit = self.request_unit
-        if self.run_when == "always" or unit is None:
+        tx = self.request_tx
+        if self.run_when == "always" or tx is None:
             return True
-        committed = unit.tx.committed
+        committed = tx.committed
         if self.run_when == "committed":
             return committed is True
         return committed is False
@@ -85,3 +86,14 @@ class BackgroundTask(StarletteBackgroundTask):
     def _run_in_unit(self, manager: UnitOfWorkManager) -> None:
         with SyncScope(manager, _OWN_UNIT):
             self.func(*self.args, **self.kwargs)
+
+
+def _first_transaction(manager: UnitOfWorkManager) -> Transaction | None:
+    """Return the request's transaction: the first of the context, under any REQUIRES_NEW ones."""
+    unit = manager._current.get()
+    if unit is None:
+        return None
+    tx = unit.tx
+    while tx.outer is not None:
+        tx = tx.outer
+    return tx

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Coroutine, Iterable
+import logging
+import math
+from collections.abc import Iterable
 from typing import Literal
 
 import anyio
@@ -13,8 +14,8 @@ from .._async import end_unit
 from .._core import Propagation, UnitOptions
 from .._default import get_manager
 from .._unit import Transaction, Unit
-from ..concurrency import on_event_loop, serial_tx
-from ..exceptions import InvalidOptionError
+from ..concurrency import serial_tx
+from ..exceptions import HookError, InvalidOptionError, PartialCommit
 from ..manager import UnitOfWorkManager
 
 __all__ = ["CommitMode", "UnitOfWorkMiddleware"]
@@ -26,6 +27,7 @@ _MODES: dict[str, range] = {
     "autocommit_include_redirect": range(200, 400),
 }
 _REQUEST_OPTIONS = UnitOptions(propagation=Propagation.REQUIRES_NEW)
+logger = logging.getLogger("uow")
 
 
 class UnitOfWorkMiddleware:
@@ -86,7 +88,7 @@ class UnitOfWorkMiddleware:
             await self.app(scope, receive, send)
             return
         manager = self.manager or get_manager()
-        request = _Request(manager, receive, send, self.commit_statuses)
+        request = _Request(manager, scope, receive, send, self.commit_statuses)
         token = manager._current.set(request.unit)
         serial = None if manager.is_async else serial_tx.set(request.unit.tx)
         try:
@@ -103,86 +105,103 @@ class UnitOfWorkMiddleware:
             manager._current.reset(token)
 
 
+#: the names of the databases whose request units committed, in the ASGI scope
+_COMMITTED = "uow.committed"
+
+
 class _Request:
     """One request's unit, and the receive/send wrappers that end it in time."""
 
-    __slots__ = (
-        "_receive",
-        "_send",
-        "buffered",
-        "commit_statuses",
-        "disconnected",
-        "receiving",
-        "unit",
-    )
+    __slots__ = ("_receive", "_send", "commit_statuses", "disconnected", "scope", "unit")
 
     def __init__(
-        self, manager: UnitOfWorkManager, receive: Receive, send: Send, commit_statuses: frozenset[int]
+        self,
+        manager: UnitOfWorkManager,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        commit_statuses: frozenset[int],
     ) -> None:
         self.unit = Unit(Transaction(manager, _REQUEST_OPTIONS, driven_async=True))
+        self.scope = scope
         self._receive = receive
         self._send = send
         self.commit_statuses = commit_statuses
+        #: set when the app has been told, through :meth:`receive`, that the client is gone
         self.disconnected = False
-        self.receiving = 0
-        #: messages the disconnect probe read before the app asked for them, oldest first
-        self.buffered: list[Message] = []
 
     async def receive(self) -> Message:
-        if self.buffered:
-            return self.buffered.pop(0)
-        self.receiving += 1
-        try:
-            message = await self._receive()
-        finally:
-            self.receiving -= 1
-        self._note(message)
-        return message
-
-    def _note(self, message: Message) -> None:
+        """The server's ``receive``, noting a disconnect on the way; uow never calls it by itself."""
+        message = await self._receive()
         if message["type"] == "http.disconnect":
             self.disconnected = True
-
-    async def client_gone(self) -> bool:
-        """Return True if the client has disconnected, without waiting or losing a message.
-
-        ``receive()`` calls that may not wait: a server that knows of the
-        disconnect answers at once; otherwise the call is cancelled at the
-        point where it would wait. Body messages read on the way (an app that
-        never read the body) are kept for the app, in order.
-        """
-        if self.disconnected or self.receiving:
-            return self.disconnected
-        while not self.disconnected:
-            if on_event_loop():
-                message = _receive_now(self._receive)
-            else:
-                message = None
-                with anyio.move_on_after(0):
-                    message = await self._receive()
-            if message is None:
-                break
-            self._note(message)
-            if message["type"] != "http.disconnect":
-                self.buffered.append(message)
-        return self.disconnected
+        return message
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            unit = self.unit
-            tx = unit.tx
-            if not tx.ended:
-                commit = message["status"] in self.commit_statuses
-                if tx.session is None and unit.is_bare():  # the request never used the database
-                    tx.ended = True
-                    tx.committed = commit
-                else:
-                    if commit and tx.session is not None and await self.client_gone():
-                        commit = False  # nobody will learn that it committed: roll back
-                    error = await end_unit(unit, _REQUEST_OPTIONS, None, rollback=not commit)
-                    if error is not None:
-                        raise error
+        if (
+            message["type"] == "http.response.start"
+            and not self.unit.tx.ended
+            and await self._end_before(message)
+        ):
+            return  # forwarded already
         await self._send(message)
+
+    async def _end_before(self, start: Message) -> bool:
+        """End the unit as *start*'s status says; return True if *start* was forwarded meanwhile."""
+        unit = self.unit
+        tx = unit.tx
+        # a client the app has seen leave learns nothing of a commit: roll back
+        commit = start["status"] in self.commit_statuses and not self.disconnected
+        if tx.session is None and unit.is_bare():  # the request never used the database
+            tx.ended = tx.closed = True
+            tx.committed = commit
+            return False
+        try:
+            error = await end_unit(unit, _REQUEST_OPTIONS, None, rollback=not commit)
+        except BaseException:
+            if tx.committed:
+                # cancelled while a COMMIT ran to its end: the client learns of the commit
+                # (and may see a cut body), never a 500 for a kept write
+                await _forward_shielded(self._send, start)
+            raise
+        if error is not None:
+            if not (tx.committed and isinstance(error, HookError)):
+                raise self._failed(error)
+            # the commit stands: the client gets the app's answer, the hook's failure is logged
+            logger.error("uow: %s", error, exc_info=error)
+        if tx.committed:
+            committed = self.scope.get(_COMMITTED)
+            if committed is None:
+                committed = self.scope[_COMMITTED] = []
+            committed.append(tx.manager.name)
+            if anyio.current_effective_deadline() == -math.inf:
+                # a cancel scope was cancelled while the COMMIT ran: the start goes out first
+                await _forward_shielded(self._send, start)
+                return True
+        return False
+
+    def _failed(self, error: BaseException) -> BaseException:
+        """Return what to raise for a request whose unit failed to end: *error*, or PartialCommit."""
+        kept = tuple(self.scope.get(_COMMITTED, ()))
+        if not kept:
+            return error
+        failed = self.unit.tx.manager.name
+        logger.error(
+            "uow: the request's COMMIT on %s failed after %s committed its part: partial commit",
+            failed,
+            ", ".join(kept),
+            extra={"uow_failed": failed, "uow_kept": kept},
+        )
+        partial = PartialCommit(
+            f"the request's unit on {failed} failed to commit ({error!r}), but "
+            f"{', '.join(kept)} had already committed its part of this request. The "
+            "client gets a 500; reconcile the kept writes (idempotent retries, an outbox), "
+            "and put the middleware of the database most likely to fail at COMMIT innermost",
+            kept,
+            failed,
+        )
+        partial.__cause__ = error
+        return partial
 
     async def end(self, exc: BaseException | None) -> None:
         """End the unit if the response never started (an exception, or no response)."""
@@ -190,39 +209,16 @@ class _Request:
             return
         error = await end_unit(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
         if error is not None:
-            raise error from exc
+            raise self._failed(error) from exc
 
 
-def _receive_now(receive: Receive) -> Message | None:
-    """Call *receive* and return its message if it has one ready, else cancel it and return None.
-
-    This is what a cancel scope with a deadline of now does on asyncio, in
-    one step instead of a trip through the event loop (it runs on every
-    request that used the database): the coroutine runs until it would wait,
-    then is cancelled there the way ``Task.cancel()`` does it (the future it
-    waits on is cancelled and the coroutine resumed, or ``CancelledError``
-    thrown in), so its cleanup runs as under any cancellation.
-    """
-    awaitable = receive()
-    coroutine = awaitable if isinstance(awaitable, Coroutine) else _as_coroutine(awaitable)
-    try:
-        waits_on = coroutine.send(None)
-        if asyncio.isfuture(waits_on) and waits_on.cancel():
-            coroutine.send(None)
-        else:
-            coroutine.throw(asyncio.CancelledError())
-    except StopIteration as done:  # a message was ready (or it answered the cancellation)
-        message: Message = done.value
-        return message
-    except asyncio.CancelledError:
-        return None
-    # it swallowed the cancellation and waits again: stop it for good
-    coroutine.close()
-    return None
+async def _forward_shielded(send: Send, message: Message) -> None:
+    """Send *message* although the task is being cancelled (for at most a few seconds)."""
+    with anyio.move_on_after(_FORWARD_TIMEOUT, shield=True):
+        await send(message)
 
 
-async def _as_coroutine(awaitable: Awaitable[Message]) -> Message:
-    return await awaitable
+_FORWARD_TIMEOUT = 5.0
 
 
 def _statuses(name: str, values: Iterable[int]) -> frozenset[int]:

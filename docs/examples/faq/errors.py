@@ -4,9 +4,10 @@ Run it:  python errors.py   (it writes errors.db in the current directory)
 """
 
 # --8<-- [start:setup]
+import asyncio
 from collections.abc import Iterator
 
-from sqlalchemy import String, create_engine, func, select
+from sqlalchemy import String, create_engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -225,6 +226,99 @@ def hook_fix() -> None:
 # --8<-- [end:hook]
 
 
+# --8<-- [start:session-ended]
+def session_ended_mistake() -> None:
+    with uow.unit_of_work() as session:
+        session.add(User(email="ivy@example.com"))
+    session.add(User(email="jo@example.com"))
+    session.flush()  # SessionEnded: the unit is over, nobody would commit this
+
+
+def session_ended_fix() -> None:
+    with uow.unit_of_work() as session:
+        session.add(User(email="ian@example.com"))
+    with uow.unit_of_work() as session:  # a unit of its own for the later work
+        session.add(User(email="jo@example.com"))
+
+
+# --8<-- [end:session-ended]
+
+
+# --8<-- [start:savepoint-conflict]
+@uow.transactional(propagation=Propagation.NESTED)
+async def add_in_savepoint(email: str) -> None:
+    await uow.run_sync(register, email)
+
+
+@uow.transactional
+async def savepoint_conflict_mistake() -> None:
+    # SavepointConflict: two savepoints of one transaction at once would interleave
+    results = await asyncio.gather(
+        add_in_savepoint("kai@example.com"), add_in_savepoint("kit@example.com"), return_exceptions=True
+    )
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+
+
+@uow.transactional
+async def savepoint_conflict_fix() -> None:
+    for email in ("kim@example.com", "lee@example.com"):  # one after another
+        await add_in_savepoint(email)
+
+
+# --8<-- [end:savepoint-conflict]
+
+
+# --8<-- [start:partial-commit]
+async def partial_commit_mistake() -> None:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from uow.starlette import UnitOfWorkMiddleware
+
+    audit = uow.UnitOfWorkManager(create_engine("sqlite:///audit.db"), name="audit")
+    users = uow.get_manager()
+
+    def sign_up(request: object) -> PlainTextResponse:
+        audit.session.execute(text("CREATE TABLE IF NOT EXISTS log (line TEXT)"))
+        audit.session.execute(text("INSERT INTO log VALUES ('sign-up of mia')"))
+        users.session.add(User(email="ada@example.com"))  # a duplicate: fails at COMMIT
+        return PlainTextResponse("", status_code=201)
+
+    app = Starlette(
+        routes=[Route("/", sign_up, methods=["POST"])],
+        middleware=[
+            Middleware(UnitOfWorkMiddleware, manager=users),
+            Middleware(UnitOfWorkMiddleware, manager=audit),
+        ],
+    )
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: object) -> None:
+        pass
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [], "query_string": b""}
+    try:
+        await app(scope, receive, send)  # PartialCommit: audit kept its line, users failed
+    finally:
+        audit.session_factory.kw["bind"].dispose()
+
+
+def partial_commit_fix() -> None:
+    # one database per request's unit; or the one likely to fail at COMMIT innermost,
+    # so that it commits first and a failure there rolls the other back
+    with uow.unit_of_work():
+        register("mia@example.com")
+
+
+# --8<-- [end:partial-commit]
+
+
 # --8<-- [start:base]
 def reused_block_mistake() -> None:
     unit = uow.unit_of_work()
@@ -241,8 +335,6 @@ def reused_block_fix() -> None:
 
 
 def main() -> None:
-    import asyncio
-
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
     pairs = [
@@ -261,6 +353,13 @@ def main() -> None:
             uow.BlockingSessionUse,
         ),
         (hook_mistake, hook_fix, uow.HookError),
+        (session_ended_mistake, session_ended_fix, uow.SessionEnded),
+        (
+            lambda: asyncio.run(savepoint_conflict_mistake()),
+            lambda: asyncio.run(savepoint_conflict_fix()),
+            uow.SavepointConflict,
+        ),
+        (lambda: asyncio.run(partial_commit_mistake()), partial_commit_fix, uow.PartialCommit),
         (reused_block_mistake, reused_block_fix, uow.UnitOfWorkError),
     ]
     try:
