@@ -1,0 +1,1 @@
+"""The field matrix: the middleware under real ASGI servers and common middleware stacks."""
