@@ -6,6 +6,10 @@ and on an ``AsyncSession``, on SQLite and PostgreSQL, cancelled three ways:
 deadline that expires. The moments are real: a query that sleeps in the
 database, and a COMMIT that waits (a deferred PostgreSQL trigger that sleeps;
 on SQLite a reader whose shared lock holds the COMMIT back).
+
+On asyncio every case runs; on trio, the sync engine's cases cancelled by anyio's
+scopes (``Task.cancel()`` is asyncio's, and so are the ``AsyncSession`` drivers,
+aiosqlite and asyncpg): see :func:`matrix`.
 """
 
 from __future__ import annotations
@@ -26,12 +30,32 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
 import uow
-from tests.conftest import Item, _require_pg, async_pg_url, make_engine, names
+from tests.conftest import ANYIO_BACKENDS, Item, _require_pg, async_pg_url, make_engine, names
 
 pytestmark = pytest.mark.reliability
 
 SLOW = 0.3  # seconds a slow query or a slow COMMIT takes
 WAYS = ["task", "scope", "deadline"]
+PATHS = ["run_sync", "async_session"]
+
+
+def matrix(ways: list[str], trio_xfail: pytest.MarkDecorator | None = None) -> pytest.MarkDecorator:
+    """Parametrize ``anyio_backend``, ``target`` (its path) and ``way`` with the cases that exist.
+
+    asyncio runs every path and way; trio runs the sync engine's path (the
+    ``AsyncSession`` drivers are asyncio's) cancelled by anyio's scopes
+    (``Task.cancel()`` is asyncio's). *trio_xfail*: a strict ``xfail`` mark for
+    the trio cases, when they fail because of uow itself.
+    """
+    trio_marks = [trio_xfail] if trio_xfail else []
+    cases = [
+        pytest.param(loop, path, way, id=f"{path}-{way}-{loop}", marks=trio_marks if loop == "trio" else [])
+        for loop in ANYIO_BACKENDS
+        for path in PATHS
+        for way in ways
+        if loop == "asyncio" or (path == "run_sync" and way != "task")
+    ]
+    return pytest.mark.parametrize(("anyio_backend", "target", "way"), cases, indirect=["target"])
 
 
 @dataclass
@@ -79,8 +103,9 @@ def _sqlite_sleep_function(dbapi_connection: Any, _: Any) -> None:
     dbapi_connection.create_function("uow_sleep", 1, time.sleep)
 
 
-@pytest.fixture(params=["run_sync", "async_session"])
+@pytest.fixture
 async def target(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> AsyncIterator[Target]:
+    """The unit's engine and its probes; the path comes from the test (indirect parametrization)."""
     reader = make_engine(backend, tmp_path)  # creates the tables
     db_file = tmp_path / "test.db"
     if backend == "postgresql":
@@ -199,64 +224,98 @@ def make_unit(t: Target, moment: str, reached: threading.Event) -> Callable[[], 
     return unit
 
 
+def _loop_callbacks() -> tuple[Callable[..., object], Callable[[], float]]:
+    """Return the running event loop's ``call_soon_threadsafe`` and clock.
+
+    A call scheduled from a thread runs outside any task, where anyio cannot
+    tell its backend: it uses the loop's own clock.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio: trio
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon, trio.current_time
+    return loop.call_soon_threadsafe, loop.time
+
+
 class Canceller:
-    """Run a unit in a task of its own and cancel it one of three ways, once or again."""
+    """Run a unit in a task of its own and cancel it one of three ways, once or again.
+
+    ``task`` is asyncio's ``Task.cancel()`` (asyncio only); ``scope`` and
+    ``deadline`` are anyio's, the unit then runs in a task group's task.
+    """
 
     def __init__(self, way: str) -> None:
         self.way = way
-        self.loop = asyncio.get_running_loop()
+        self.call_soon_threadsafe, self.clock = _loop_callbacks()
         self.task: asyncio.Task[None] | None = None
         self.inner: anyio.CancelScope | None = None
         self.outer: anyio.CancelScope | None = None
         self.completed = False
+        self.finished = False
+        self.error: Exception | None = None
         self.again_count = 0
 
     async def _body(self, unit: Callable[[], Awaitable[None]]) -> None:
-        if self.way == "deadline":
-            with anyio.move_on_after(60) as self.outer, anyio.move_on_after(60) as self.inner:
-                await unit()
-                self.completed = True
-        else:
-            with anyio.CancelScope() as self.outer, anyio.CancelScope() as self.inner:
-                await unit()
-                self.completed = True
+        try:
+            if self.way == "deadline":
+                with anyio.move_on_after(60) as self.outer, anyio.move_on_after(60) as self.inner:
+                    await unit()
+                    self.completed = True
+            else:
+                with anyio.CancelScope() as self.outer, anyio.CancelScope() as self.inner:
+                    await unit()
+                    self.completed = True
+        except Exception as e:  # raised by run() as is, not in a task group's ExceptionGroup
+            self.error = e
+        finally:
+            self.finished = True
 
     def _cancel(self, scope: anyio.CancelScope | None) -> None:
-        assert self.task is not None
         if self.way == "task":
+            assert self.task is not None
             self.task.cancel()
             return
         assert scope is not None
         if self.way == "scope":
             scope.cancel()
         else:
-            scope.deadline = self.loop.time()  # the deadline expires now (anyio's clock on asyncio)
+            scope.deadline = self.clock()  # the deadline expires now
 
     def again(self) -> None:
         """Cancel again (from any thread): the task again, or the enclosing scope."""
         self.again_count += 1
-        self.loop.call_soon_threadsafe(self._cancel, self.outer)
+        self.call_soon_threadsafe(self._cancel, self.outer)
+
+    async def _cancel_at(self, moment: threading.Event | None, delay: float) -> None:
+        if moment is not None:
+            with anyio.fail_after(10):
+                while not moment.is_set():
+                    assert not self.finished, "the unit ended before the moment to cancel it"
+                    await anyio.sleep(0.002)
+            await anyio.sleep(delay)
+        self._cancel(self.inner)
 
     async def run(
         self, unit: Callable[[], Awaitable[None]], moment: threading.Event | None, delay: float = 0.0
     ) -> bool:
         """Cancel *delay* seconds after *moment* (None: at once); return True if the task ended cancelled."""
-        self.task = asyncio.create_task(self._body(unit))
-        if moment is not None:
+        cancelled = False
+        if self.way == "task":
+            self.task = asyncio.create_task(self._body(unit))
+            await self._cancel_at(moment, delay)
             with anyio.fail_after(10):
-                while not moment.is_set():
-                    assert not self.task.done(), "the unit ended before the moment to cancel it"
-                    await anyio.sleep(0.002)
-            await anyio.sleep(delay)
-        self._cancel(self.inner)
-        with anyio.fail_after(10):
-            await asyncio.wait([self.task])
-        if self.task.cancelled():
-            return True
-        exc = self.task.exception()
-        if exc is not None:
-            raise exc
-        return False
+                await asyncio.wait([self.task])
+            cancelled = self.task.cancelled()
+        else:  # a scope swallows its own cancellation
+            with anyio.fail_after(20):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._body, unit)
+                    await self._cancel_at(moment, delay)
+        if self.error is not None:
+            raise self.error
+        return cancelled
 
 
 def _check_rolled_back(t: Target, cancelled: bool, c: Canceller) -> None:
@@ -270,7 +329,7 @@ def _check_rolled_back(t: Target, cancelled: bool, c: Canceller) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("way", WAYS)
+@matrix(WAYS)
 async def test_cancel_before_the_first_query_rolls_back(target: Target, way: str) -> None:
     reached = threading.Event()
     c = Canceller(way)
@@ -278,7 +337,8 @@ async def test_cancel_before_the_first_query_rolls_back(target: Target, way: str
     _check_rolled_back(target, cancelled, c)
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: a task cancelled before its first step (Task.cancel())
+@pytest.mark.parametrize("target", PATHS, indirect=True)
 async def test_cancel_before_the_task_starts(target: Target) -> None:
     c = Canceller("task")
     cancelled = await c.run(make_unit(target, "before", threading.Event()), None)
@@ -286,7 +346,7 @@ async def test_cancel_before_the_task_starts(target: Target) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("way", WAYS)
+@matrix(WAYS)
 async def test_cancel_during_a_query_rolls_back(target: Target, way: str) -> None:
     if target.path == "async_session" and target.backend == "sqlite":
         pytest.skip(
@@ -301,7 +361,7 @@ async def test_cancel_during_a_query_rolls_back(target: Target, way: str) -> Non
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("way", WAYS)
+@matrix(WAYS)
 async def test_cancel_after_a_query_rolls_back(target: Target, way: str) -> None:
     reached = threading.Event()
     c = Canceller(way)
@@ -311,7 +371,7 @@ async def test_cancel_after_a_query_rolls_back(target: Target, way: str) -> None
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("way", WAYS)
+@matrix(WAYS)
 async def test_cancel_during_commit_commits(target: Target, way: str) -> None:
     c = Canceller(way)
     started = time.monotonic()
@@ -325,7 +385,7 @@ async def test_cancel_during_commit_commits(target: Target, way: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("way", WAYS)
+@matrix(WAYS)
 async def test_cancel_again_while_the_rollback_runs(target: Target, way: str) -> None:
     reached = threading.Event()
     c = Canceller(way)
@@ -360,7 +420,7 @@ async def test_cancel_again_while_the_rollback_runs(target: Target, way: str) ->
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("way", ["scope", "deadline"])
+@matrix(["scope", "deadline"])
 async def test_cancelled_savepoint_rolls_back_and_the_outer_unit_goes_on(target: Target, way: str) -> None:
     """A scope cancelled inside a unit ends a NESTED unit; the outer unit commits only its own rows."""
     m = target.manager
@@ -402,7 +462,18 @@ async def test_cancelled_savepoint_rolls_back_and_the_outer_unit_goes_on(target:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("moment", ["after", "commit"])
-@pytest.mark.parametrize("way", WAYS)
+@matrix(
+    WAYS,
+    trio_xfail=pytest.mark.xfail(
+        strict=True,
+        raises=(uow.HookError, AssertionError),
+        reason="uow/_async.py:295 runs a sync hook with anyio.to_thread.run_sync(hook.fn); trio refuses "
+        "a function that returns a coroutine (TypeError: 'Trio expected a sync function'), so the "
+        "`lambda: async_hook(...)` hooks never run: after the COMMIT uow raises HookError; after the "
+        "rollback the failure is only noted on trio's Cancelled, which the cancel scope swallows, so "
+        "the hook is silently missing from `ran`",
+    ),
+)
 async def test_hooks_of_the_outcome_run_when_cancelled(target: Target, way: str, moment: str) -> None:
     """Cancelled before COMMIT: on_rollback hooks run. Cancelled during COMMIT: on_commit hooks run."""
     ran: list[str] = []
@@ -435,7 +506,7 @@ async def test_hooks_of_the_outcome_run_when_cancelled(target: Target, way: str,
         assert ran == ["commit sync", "commit async"]
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: a native Task.cancel() is the point
 async def test_sync_session_is_never_used_by_two_threads_when_cancelled(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, event, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import uow
-from tests.conftest import Item, count, make_engine, names
+from tests.conftest import Item, asyncio_and_trio, count, make_engine, names
 
 pytestmark = pytest.mark.reliability
 
@@ -29,6 +29,7 @@ def _add(name: str) -> int:
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_run_sync_runs_in_a_worker_thread_and_sees_the_unit(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -56,6 +57,7 @@ async def test_run_sync_runs_in_a_worker_thread_and_sees_the_unit(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_sync_session_use_from_the_loop_is_refused(manager: uow.UnitOfWorkManager) -> None:
     async with uow.unit_of_work():
         uow.session.add(Item(name="no I/O: fine"))
@@ -66,6 +68,7 @@ async def test_sync_session_use_from_the_loop_is_refused(manager: uow.UnitOfWork
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_gathered_run_sync_calls_in_one_unit_are_serialized(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -80,7 +83,9 @@ async def test_gathered_run_sync_calls_in_one_unit_are_serialized(
 
     @uow.transactional
     async def run() -> None:
-        await asyncio.gather(*(uow.run_sync(work, i) for i in range(10)))
+        async with anyio.create_task_group() as tg:  # its tasks inherit the unit
+            for i in range(10):
+                tg.start_soon(uow.run_sync, work, i)
 
     await run()
     assert len(intervals) == 10
@@ -90,7 +95,7 @@ async def test_gathered_run_sync_calls_in_one_unit_are_serialized(
     assert count(engine) == 10
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: gather leaving the siblings of a failed child running is the point
 async def test_gathered_run_sync_in_a_failing_unit_roll_back_together(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -111,6 +116,32 @@ async def test_gathered_run_sync_in_a_failing_unit_roll_back_together(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
+async def test_run_sync_calls_of_a_failing_task_group_in_one_unit_roll_back_together(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """A task group cancels the siblings of a failed child: those waiting for the session
+    stop there, one in its thread finishes first; then the unit rolls back all of it."""
+
+    def work(i: int) -> None:
+        _add(f"item{i}")
+        if i == 3:
+            raise ValueError("one of them failed")
+
+    @uow.transactional
+    async def run() -> None:
+        async with anyio.create_task_group() as tg:
+            for i in range(6):
+                tg.start_soon(uow.run_sync, work, i)
+
+    with pytest.raises(Exception) as info:  # an ExceptionGroup (a builtin from Python 3.11)
+        await run()
+    assert info.group_contains(ValueError, match="one of them failed")
+    assert count(engine) == 0
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio  # asyncio only: gather returning while a child still runs is the point
 async def test_orphaned_run_sync_does_not_share_the_session_with_the_unit_end(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -156,6 +187,49 @@ async def test_orphaned_run_sync_does_not_share_the_session_with_the_unit_end(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
+async def test_run_sync_of_a_task_outliving_its_unit_does_not_share_the_session_with_the_unit_end(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """The structured twin of the test above, on every backend: a task the unit starts on a
+    task group opened outside it inherits the unit and outlives it, still in its thread
+    when the unit ends. The unit's end waits for that thread."""
+    in_thread = threading.Event()
+    overlaps: list[str] = []
+    busy = threading.Lock()
+
+    def slow() -> None:
+        with busy:
+            _add("slow")
+            in_thread.set()
+            time.sleep(0.2)
+
+    def guard(*_: Any) -> None:
+        if busy.locked():
+            overlaps.append("the unit ended while run_sync was using its session")
+
+    @uow.transactional
+    async def run(tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(uow.run_sync, slow)
+        await anyio.to_thread.run_sync(in_thread.wait)
+        raise KeyError("fail")
+
+    listeners = [(engine, "rollback", guard), (engine.pool, "checkin", guard)]
+    for target, name, fn in listeners:
+        event.listen(target, name, fn)
+    try:
+        async with anyio.create_task_group() as tg:
+            with pytest.raises(KeyError):
+                await run(tg)
+    finally:
+        for target, name, fn in listeners:
+            event.remove(target, name, fn)
+    assert overlaps == []
+    assert count(engine) == 0
+
+
+@pytest.mark.anyio
+@asyncio_and_trio
 async def test_concurrent_units_started_outside_a_unit_get_their_own_sessions(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -173,12 +247,14 @@ async def test_concurrent_units_started_outside_a_unit_get_their_own_sessions(
         assert uow.current_session() is mine
         assert await uow.run_sync(uow.current_session) is mine
 
-    await asyncio.gather(*(work(i) for i in range(5)))
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(work, i)
     assert len({id(s) for s in sessions}) == 5
     assert names(engine) == [f"task{i}" for i in range(5)]
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: AsyncEngine (aiosqlite, asyncpg)
 async def test_concurrent_async_session_units_get_their_own_sessions(
     async_manager: uow.UnitOfWorkManager, async_engine: AsyncEngine
 ) -> None:
@@ -226,6 +302,7 @@ def io_threads(engine: Engine) -> Iterator[dict[str, list[int]]]:
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_sync_session_commit_and_close_run_off_the_loop(
     manager: uow.UnitOfWorkManager, engine: Engine, io_threads: dict[str, list[int]]
 ) -> None:
@@ -261,6 +338,7 @@ async def test_sync_session_commit_and_close_run_off_the_loop(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_loop_keeps_ticking_while_a_slow_commit_runs(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -296,8 +374,9 @@ async def test_loop_keeps_ticking_while_a_slow_commit_runs(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_finisher_threads_bound_how_many_sessions_end_at_once(
-    manager: uow.UnitOfWorkManager, engine: Engine
+    manager: uow.UnitOfWorkManager, engine: Engine, anyio_backend: str
 ) -> None:
     lock = threading.Lock()
     running = peak = 0
@@ -313,23 +392,29 @@ async def test_finisher_threads_bound_how_many_sessions_end_at_once(
         with lock:
             running -= 1
 
+    counts: list[int] = []
+
     @uow.transactional
-    async def read() -> int:  # readers: SQLite lets their transactions overlap
-        return int(await uow.run_sync(lambda: uow.session.scalar(select(func.count(Item.id)))))
+    async def read() -> None:  # readers: SQLite lets their transactions overlap
+        counts.append(int(await uow.run_sync(lambda: uow.session.scalar(select(func.count(Item.id))))))
 
     uow.set_finisher_threads(2)
     event.listen(engine, "commit", slow_commit)
     try:
-        assert await asyncio.gather(*(read() for _ in range(6))) == [0] * 6
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(read)
     finally:
         event.remove(engine, "commit", slow_commit)
         uow.set_finisher_threads(32)
+    assert counts == [0] * 6
     assert peak == 2, f"{peak} commits ran at once with 2 finisher threads"
-    assert threads == {"uow-finisher"}
+    if anyio_backend == "asyncio":  # uow's own threads; elsewhere anyio's, under the finisher's limiter
+        assert threads == {"uow-finisher"}
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: a native Task.cancel() is the point
 async def test_task_cancel_waits_for_the_finisher_then_raises(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -361,7 +446,7 @@ async def test_task_cancel_waits_for_the_finisher_then_raises(
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: the finisher pool serves asyncio loops (anyio's threads elsewhere)
 async def test_a_job_given_to_a_finisher_pool_after_its_shutdown_still_runs() -> None:
     """set_finisher_threads() may replace the pool between a caller's lookup and its submit."""
     from uow.concurrency import _FinisherPool
@@ -391,12 +476,15 @@ def small_pool_engine(backend: str, tmp_path: Path) -> Iterator[Engine]:
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_small_pool_many_concurrent_units_complete(small_pool_engine: Engine) -> None:
     manager = uow.UnitOfWorkManager(small_pool_engine)
     units = 150
 
+    results: list[int] = []
+
     @manager.transactional
-    async def handle(i: int) -> int:
+    async def handle(i: int) -> None:
         # two trips to a worker thread per unit, the second one holding the
         # connection the first one checked out
         def write() -> None:
@@ -404,11 +492,15 @@ async def test_small_pool_many_concurrent_units_complete(small_pool_engine: Engi
             manager.current_session().flush()
 
         await uow.run_sync(write)
-        return int(await uow.run_sync(lambda: manager.current_session().scalar(select(func.count(Item.id)))))
+        results.append(
+            int(await uow.run_sync(lambda: manager.current_session().scalar(select(func.count(Item.id)))))
+        )
 
     started = time.monotonic()
     with anyio.fail_after(60):
-        results = await asyncio.gather(*(handle(i) for i in range(units)))
+        async with anyio.create_task_group() as tg:
+            for i in range(units):
+                tg.start_soon(handle, i)
     assert len(results) == units
     assert count(small_pool_engine) == units
     assert small_pool_engine.pool.checkedout() == 0  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import uow
-from tests.conftest import Item, names
+from tests.conftest import Item, asyncio_and_trio, asyncio_and_trio_xfail, names
 
 
 def _pool_checked_out(engine: Engine | AsyncEngine) -> int:
@@ -297,6 +297,12 @@ def test_async_hook_in_a_sync_unit_is_refused(manager: uow.UnitOfWorkManager, en
 
 
 @pytest.mark.anyio
+@asyncio_and_trio_xfail(
+    "uow/_async.py:295 runs a sync hook with anyio.to_thread.run_sync(hook.fn); trio refuses a "
+    "function that returns a coroutine (TypeError: 'Trio expected a sync function'), so a "
+    "lambda returning a coroutine fails as a HookError before uow can await its result",
+    raises=uow.HookError,
+)
 async def test_async_unit_on_sync_engine_runs_every_kind_of_hook(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -329,7 +335,7 @@ async def test_async_unit_on_sync_engine_runs_every_kind_of_hook(
     ]
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: AsyncEngine (aiosqlite, asyncpg)
 async def test_async_session_unit_runs_hooks_and_drops_them_on_rollback(
     async_manager: uow.UnitOfWorkManager, async_engine: AsyncEngine
 ) -> None:
@@ -365,6 +371,7 @@ async def test_async_session_unit_runs_hooks_and_drops_them_on_rollback(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_failing_async_hook_keeps_commit_and_raises(
     manager: uow.UnitOfWorkManager, engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -397,6 +404,7 @@ async def test_failing_async_hook_keeps_commit_and_raises(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_async_hooks_of_retried_attempts_are_dropped(engine: Engine) -> None:
     uow.configure(engine, retry_on=lambda e: isinstance(e, Flaky), retry_backoff=(0, 0))
     ran: list[str] = []
@@ -422,7 +430,7 @@ async def test_async_hooks_of_retried_attempts_are_dropped(engine: Engine) -> No
     assert names(engine) == ["attempt2"]
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: AsyncEngine (aiosqlite, asyncpg)
 async def test_async_hook_opening_a_unit_gets_a_new_one(
     async_manager: uow.UnitOfWorkManager, async_engine: AsyncEngine
 ) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import uow
-from tests.conftest import Item, names
+from tests.conftest import Item, asyncio_and_trio, names
 
 
 def test_read_only_never_writes(manager: uow.UnitOfWorkManager, engine: Engine, backend: str) -> None:
@@ -92,6 +92,7 @@ def test_no_rollback_on_commits_and_still_raises(manager: uow.UnitOfWorkManager,
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_sync_session_io_on_the_event_loop_is_refused(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -110,6 +111,7 @@ async def test_sync_session_io_on_the_event_loop_is_refused(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio  # the units never connect: the asyncio-only driver is never used
 async def test_sync_code_on_an_async_manager_is_refused(async_manager: uow.UnitOfWorkManager) -> None:
     with pytest.raises(uow.SessionKindError, match="async with"), uow.unit_of_work():
         pass
@@ -196,7 +198,7 @@ def test_one_debug_record_per_unit(manager: uow.UnitOfWorkManager, caplog: pytes
     assert [r for r in caplog.records if r.name == "uow"] == []
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: AsyncEngine (aiosqlite, asyncpg)
 async def test_async_session_read_only_and_isolation(
     async_manager: uow.UnitOfWorkManager, async_engine: AsyncEngine, backend: str
 ) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 import uow
-from tests.conftest import Counter, Item, async_pg_url, make_engine, names
+from tests.conftest import Counter, Item, async_pg_url, asyncio_and_trio, make_engine, names
 
 pytestmark = pytest.mark.reliability
 
@@ -348,6 +348,7 @@ def test_retry_on_predicate_adds_a_classification(engine: Engine) -> None:
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 @pytest.mark.parametrize("kind", ["def", "async def"])
 async def test_the_debug_record_of_each_run_counts_the_retries_before_it(
     engine: Engine, kind: str, caplog: pytest.LogCaptureFixture
@@ -408,7 +409,7 @@ async def pg_async_engine(pg_engine: Engine) -> AsyncIterator[AsyncEngine]:
     assert checked_out == 0
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: AsyncEngine (aiosqlite, asyncpg)
 async def test_async_session_serializable_increments_from_tasks(
     pg_engine: Engine, pg_async_engine: AsyncEngine
 ) -> None:
@@ -437,6 +438,7 @@ async def test_async_session_serializable_increments_from_tasks(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_async_def_on_sync_engine_is_retried(pg_engine: Engine) -> None:
     manager = uow.UnitOfWorkManager(pg_engine, retry_backoff=FAST)
     attempts = 0
@@ -460,7 +462,7 @@ async def test_async_def_on_sync_engine_is_retried(pg_engine: Engine) -> None:
     assert _value(pg_engine) == 101
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: AsyncEngine (aiosqlite, asyncpg)
 async def test_async_sqlite_busy_is_retried_and_other_errors_are_not(tmp_path: Path) -> None:
     sync = make_engine("sqlite", tmp_path)
     sync.dispose()
@@ -498,6 +500,7 @@ async def test_async_sqlite_busy_is_retried_and_other_errors_are_not(tmp_path: P
 
 
 @pytest.mark.anyio
+@asyncio_and_trio  # the units never connect: the asyncio-only driver is never used
 async def test_async_retry_on_joined_unit_is_a_propagation_error(
     async_manager: uow.UnitOfWorkManager,
 ) -> None:

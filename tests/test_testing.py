@@ -13,7 +13,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import uow
-from tests.conftest import Item, names
+from tests.conftest import Item, asyncio_and_trio, names
 from uow.starlette import UnitOfWorkMiddleware
 from uow.testing import TestTransaction, async_rollback_after, rollback_after
 
@@ -92,6 +92,7 @@ def test_savepoint_units_and_isolation_options_inside_the_test(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_middleware_requests_in_the_test_transaction(engine: Engine) -> None:
     def create(request: Request) -> JSONResponse:
         return JSONResponse({"id": add(request.path_params["name"])}, status_code=201)
@@ -115,7 +116,7 @@ async def test_middleware_requests_in_the_test_transaction(engine: Engine) -> No
     assert names(engine) == []
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: AsyncEngine (aiosqlite, asyncpg)
 async def test_async_engine(async_engine: AsyncEngine, engine: Engine) -> None:
     async with async_rollback_after(async_engine) as test:
 

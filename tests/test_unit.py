@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
 import uow
-from tests.conftest import Item, count, names
+from tests.conftest import Item, asyncio_and_trio, count, names
 
 
 def test_decorator_commits_on_return(manager: uow.UnitOfWorkManager, engine: Engine) -> None:
@@ -97,6 +97,7 @@ def test_joined_unit_shares_session(manager: uow.UnitOfWorkManager, engine: Engi
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_async_def_with_sync_engine_uses_run_sync(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:
@@ -115,6 +116,7 @@ async def test_async_def_with_sync_engine_uses_run_sync(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_async_def_rolls_back(manager: uow.UnitOfWorkManager, engine: Engine) -> None:
     @uow.transactional
     async def add() -> None:
@@ -126,7 +128,7 @@ async def test_async_def_rolls_back(manager: uow.UnitOfWorkManager, engine: Engi
     assert names(engine) == []
 
 
-@pytest.mark.anyio
+@pytest.mark.anyio  # asyncio only: AsyncEngine (aiosqlite, asyncpg)
 async def test_async_session_path(async_manager: uow.UnitOfWorkManager, async_engine: AsyncEngine) -> None:
     @uow.transactional
     async def add(name: str) -> None:
@@ -149,6 +151,7 @@ async def test_async_session_path(async_manager: uow.UnitOfWorkManager, async_en
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_async_with_block_on_sync_engine(manager: uow.UnitOfWorkManager, engine: Engine) -> None:
     async with uow.unit_of_work() as session:
         assert isinstance(session, Session)
