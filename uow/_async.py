@@ -29,7 +29,7 @@ from ._decisions import (
     to_raise,
 )
 from ._options import UnitOptions, check_joinable
-from ._sync import end_savepoint, end_session
+from ._sync import SessionEnd, end_savepoint, end_session, session_end
 from ._threads import finish, raise_after, session_thread, shielded
 from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, serial_tx
 from .exceptions import HookError
@@ -140,8 +140,7 @@ async def end_async(
         io_error, cancelled = await _end_savepoint(boundary, plan.commit)
     else:
         tx.begin_end()
-        # a read-only unit that succeeded counts as committed, but never COMMITs
-        io_error, cancelled = await _end_session(tx, plan.commit and not options.read_only)
+        io_error, cancelled = await _end_session(tx, session_end(plan.commit, options))
     result = end_result(plan, exc, io_error)
     if not savepoint:
         tx.finish(result.committed)
@@ -171,30 +170,30 @@ async def _start(tx: Transaction, options: dict[str, Any]) -> None:
             )
     except BaseException:
         tx.begin_end()
-        await _end_session(tx, False)
+        await _end_session(tx, "rollback")
         tx.finish(False)
         raise
 
 
-async def _end_session(tx: Transaction, commit: bool) -> tuple[BaseException | None, BaseException | None]:
-    """Commit or roll back, then close; return the error and a cancellation that came meanwhile."""
+async def _end_session(tx: Transaction, how: SessionEnd) -> tuple[BaseException | None, BaseException | None]:
+    """Commit, roll back or close; return the error and a cancellation that came meanwhile."""
     session = tx.session
     if session is None:
         return None, None
     if isinstance(session, AsyncSession):
-        return await shielded(functools.partial(_end_async_session, session, commit))
+        return await shielded(functools.partial(_end_async_session, session, how))
     if tx.lock_is_free() and not tx.needs_io_to_end():
-        return end_session(session, commit), None  # nothing to send: no thread needed
+        return end_session(session, how), None  # nothing to send: no thread needed
     # tx.locked waits for a thread still working on the session (a task of the unit's)
-    return await finish(functools.partial(tx.locked, end_session, session, commit))
+    return await finish(functools.partial(tx.locked, end_session, session, how))
 
 
-async def _end_async_session(session: AsyncSession, commit: bool) -> BaseException | None:
+async def _end_async_session(session: AsyncSession, how: SessionEnd) -> BaseException | None:
     error: BaseException | None = None
     try:
-        if commit:
+        if how == "commit":
             await session.commit()
-        else:
+        elif how == "rollback":
             await session.rollback()
     except BaseException as e:
         error = e

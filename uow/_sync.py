@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 import threading
 from contextvars import Token
-from typing import Any
+from typing import Any, Literal
 
 import anyio.from_thread
 from sqlalchemy.orm import Session
@@ -28,7 +28,7 @@ from ._options import UnitOptions, check_joinable
 from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, logger
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
-__all__ = ["SyncBlock", "end_savepoint", "end_session", "end_sync", "run_hooks"]
+__all__ = ["SyncBlock", "end_savepoint", "end_session", "end_sync", "run_hooks", "session_end"]
 
 
 class SyncBlock:
@@ -72,7 +72,7 @@ class SyncBlock:
                     session.connection(execution_options=start)
                 except BaseException:
                     tx.begin_end()
-                    end_session(session, False)
+                    end_session(session, "rollback")
                     tx.finish(False)
                     raise
         else:
@@ -128,8 +128,7 @@ def end_sync(
         io_error = end_savepoint(boundary.savepoint, plan.commit)
     else:
         tx.begin_end()
-        # a read-only unit that succeeded counts as committed, but never COMMITs
-        io_error = end_session(tx.session, plan.commit and not options.read_only)  # type: ignore[arg-type]
+        io_error = end_session(tx.session, session_end(plan.commit, options))  # type: ignore[arg-type]
     result = end_result(plan, exc, io_error)
     if not savepoint:
         tx.finish(result.committed)
@@ -141,15 +140,30 @@ def end_sync(
     return to_raise(exc, result.error, hook_error)
 
 
-def end_session(session: Session | None, commit: bool) -> BaseException | None:
-    """Commit or roll back, then close; return the error instead of raising it."""
+SessionEnd = Literal["commit", "rollback", "close"]
+
+
+def session_end(commit: bool, options: UnitOptions) -> SessionEnd:
+    """How a session ends: a read-only unit that succeeded only closes it.
+
+    It counts as committed but never COMMITs; closing ends its transaction
+    (the pool rolls the connection back) without SQLAlchemy's rollback, which
+    expires every loaded object: the cheapest end there is.
+    """
+    if not commit:
+        return "rollback"
+    return "close" if options.read_only else "commit"
+
+
+def end_session(session: Session | None, how: SessionEnd) -> BaseException | None:
+    """Commit, roll back or just close the session; return the error instead of raising it."""
     if session is None:
         return None
     error: BaseException | None = None
     try:
-        if commit:
+        if how == "commit":
             session.commit()
-        else:
+        elif how == "rollback":
             session.rollback()
     except BaseException as e:
         error = e

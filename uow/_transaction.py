@@ -214,6 +214,7 @@ class Transaction:
         "binding",
         "connected",
         "driven_async",
+        "ended",
         "innermost",
         "loop_thread",
         "options",
@@ -242,6 +243,9 @@ class Transaction:
         #: set when the session checks out a connection (SessionEvents.after_begin)
         self.connected = False
         self._status = Status.ACTIVE
+        #: True once the end began: ``uow.session`` no longer hands out the session (set by the
+        #: methods below, like the status; a plain attribute because every request reads it)
+        self.ended = False
         self._lock: anyio.Lock | asyncio.Lock | None = None
         self._thread_lock: threading.RLock | None = None
 
@@ -250,11 +254,6 @@ class Transaction:
     @property
     def status(self) -> Status:
         return self._status
-
-    @property
-    def ended(self) -> bool:
-        """True once the end began: ``uow.session`` no longer hands out the session."""
-        return self._status is not Status.ACTIVE
 
     @property
     def closed(self) -> bool:
@@ -276,14 +275,14 @@ class Transaction:
         if self._status is not Status.ACTIVE:
             raise RuntimeError(f"a transaction that is {self._status.value} cannot begin to end")
         self._status = Status.ENDING
+        self.ended = True
 
     def finish(self, committed: bool) -> None:
         """Record the outcome once the session is closed."""
-        if self._status is Status.ACTIVE:
-            self._status = Status.ENDING
-        if self._status is not Status.ENDING:
+        if self._status is Status.COMMITTED or self._status is Status.ROLLED_BACK:
             raise RuntimeError(f"a transaction that is {self._status.value} cannot finish again")
         self._status = Status.COMMITTED if committed else Status.ROLLED_BACK
+        self.ended = True
 
     def mark_connected(self) -> None:
         self.connected = True
@@ -293,7 +292,7 @@ class Transaction:
     def get_session(self) -> Session | AsyncSession:
         """Return the session, making it on first use."""
         session = self.session
-        if self._status is not Status.ACTIVE:
+        if self.ended:
             raise SessionEnded(ENDED)
         if session is None:
             with _create_lock:

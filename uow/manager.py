@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._compat import AsyncEngine, async_sessionmaker
+from ._options import Propagation
 from ._transaction import Binding
 from .decorators import UnitOfWork, transactional
 from .exceptions import InvalidOptionError
@@ -20,6 +21,7 @@ from .threads import run_sync
 __all__ = ["UnitOfWorkManager"]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class UnitOfWorkManager(Binding):
@@ -84,6 +86,21 @@ class UnitOfWorkManager(Binding):
     def __repr__(self) -> str:
         return f"<UnitOfWorkManager {self.name}>"
 
+    @overload
+    def transactional(self, fn: F, /) -> F: ...
+    @overload
+    def transactional(
+        self,
+        fn: None = None,
+        /,
+        *,
+        propagation: Propagation | str = ...,
+        read_only: bool = ...,
+        isolation_level: str | None = ...,
+        retry: int = ...,
+        no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+        durable: bool = ...,
+    ) -> Callable[[F], F]: ...
     def transactional(self, fn: Any = None, /, **options: Any) -> Any:
         """Run a function in a unit of this manager; see :func:`uow.transactional`."""
         return transactional(fn, manager=self, **options)
