@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import uow
-from uow.concurrency import finish
+from uow._threads import finish
 from uow.starlette import UnitOfWorkMiddleware, provide_session
 
 

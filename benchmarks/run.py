@@ -285,7 +285,7 @@ async def measure(config: Config, workdir: Path) -> dict[str, Any]:
             await engine.dispose()
         else:
             engine.dispose()
-    uow._default._manager = None
+    uow.reset_defaults()
     return {"patterns": {name: asdict(res) for name, res in results.items()}, "duels": data_duels}
 
 

@@ -22,7 +22,6 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import uow
 from tests import pgcluster
-from uow import _default
 
 REQUIRE_PG = os.environ.get("UOW_REQUIRE_POSTGRES") == "1"
 _cluster: pgcluster.Cluster | None = None
@@ -115,7 +114,7 @@ def engine(backend: str, tmp_path: Path) -> Iterator[Engine]:
 def manager(engine: Engine) -> Iterator[uow.UnitOfWorkManager]:
     m = uow.configure(engine)
     yield m
-    _default._manager = None
+    uow.reset_defaults()
 
 
 @pytest.fixture
@@ -138,7 +137,7 @@ async def async_engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngin
 def async_manager(async_engine: AsyncEngine) -> Iterator[uow.UnitOfWorkManager]:
     m = uow.configure(async_engine)
     yield m
-    _default._manager = None
+    uow.reset_defaults()
 
 
 def names(engine: Engine) -> list[str]:
@@ -155,7 +154,7 @@ def count(engine: Engine) -> int:
 @pytest.fixture(autouse=True)
 def _reset_default_manager() -> Iterator[None]:
     yield
-    _default._manager = None
+    uow.reset_defaults()
 
 
 # --- the event loop of async tests --------------------------------------------------

@@ -19,7 +19,6 @@ import pytest
 from sqlalchemy import Engine
 
 import uow
-from uow import _default
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
@@ -58,7 +57,7 @@ def example_loader(folder: str = "") -> Callable[[Path, pytest.MonkeyPatch], Ite
         for module in loaded:
             dispose_engines(module)
             sys.modules.pop(module.__name__, None)
-        _default._manager = None
+        uow.reset_defaults()
 
     return load_example
 

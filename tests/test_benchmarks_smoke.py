@@ -34,3 +34,35 @@ def test_smoke_run(tmp_path: Path) -> None:
     labels = [label for label, *_ in rows]
     assert "failures of uow patterns, all levels" in labels
     assert any(label.startswith("UnitOfWorkMiddleware vs hand-written that commits") for label in labels)
+
+
+def test_unit_costs_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import units
+
+    page = tmp_path / "unit-costs.md"
+    assert units.main(["--smoke", "--page", str(page)]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    groups = result["median_us"]
+    assert set(groups["unit kinds"]) == {"by hand (commits)", "read-write unit", "read-only unit"}
+    assert set(groups["no-DB request"]) == {"no middleware", "send-wrapping middleware (floor)", "UnitOfWorkMiddleware"}
+    assert all(v > 0 for group in groups.values() for v in group.values())
+    assert "## hand-off" in page.read_text()
+
+
+def test_headline_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two patterns on a real uvicorn, loaded by wrk for a second each (needs wrk and PostgreSQL)."""
+    import shutil
+
+    from benchmarks import headline
+    from tests.conftest import _require_pg
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (scripts/bench installs it)")
+    page = tmp_path / "headline.md"
+    assert headline.main(["--smoke", "--url", _require_pg(), "--page", str(page)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    for level in ("16", "64"):
+        rows = result["levels"][level]
+        assert rows[headline.FLOOR]["ratio"] == 1.0
+        assert rows["uow UnitOfWorkMiddleware (Starlette)"]["failures"] == 0
+    assert "| uow UnitOfWorkMiddleware (Starlette) |" in page.read_text()

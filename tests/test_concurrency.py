@@ -449,9 +449,9 @@ async def test_task_cancel_waits_for_the_finisher_then_raises(
 @pytest.mark.anyio  # asyncio only: the finisher pool serves asyncio loops (anyio's threads elsewhere)
 async def test_a_job_given_to_a_finisher_pool_after_its_shutdown_still_runs() -> None:
     """set_finisher_threads() may replace the pool between a caller's lookup and its submit."""
-    from uow.concurrency import _FinisherPool
+    from uow._finisher import FinisherPool
 
-    pool = _FinisherPool(2)
+    pool = FinisherPool(2)
     loop = asyncio.get_running_loop()
     assert await pool.submit(loop, lambda: 1) == 1
     pool.shutdown(wait=True)

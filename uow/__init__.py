@@ -1,15 +1,14 @@
 """uow: transactional units of work for SQLAlchemy, sync and async."""
 
-from ._core import Propagation as Propagation
 from ._default import configure as configure
 from ._default import current_session as current_session
 from ._default import get_manager as get_manager
 from ._default import on_commit as on_commit
 from ._default import on_rollback as on_rollback
+from ._default import reset_defaults as reset_defaults
 from ._default import session as session
 from ._default import unit_of_work as unit_of_work
-from .concurrency import run_sync as run_sync
-from .concurrency import set_finisher_threads as set_finisher_threads
+from ._options import Propagation as Propagation
 from .decorators import UnitOfWork as UnitOfWork
 from .decorators import transactional as transactional
 from .exceptions import BlockingSessionUse as BlockingSessionUse
@@ -29,6 +28,8 @@ from .exceptions import UnexpectedRollback as UnexpectedRollback
 from .exceptions import UnitOfWorkError as UnitOfWorkError
 from .manager import UnitOfWorkManager as UnitOfWorkManager
 from .sqlite import enable_savepoints as enable_sqlite_savepoints
+from .threads import run_sync as run_sync
+from .threads import set_finisher_threads as set_finisher_threads
 
 __version__ = "0.1.0"
 
@@ -57,6 +58,7 @@ __all__ = [
     "get_manager",
     "on_commit",
     "on_rollback",
+    "reset_defaults",
     "run_sync",
     "session",
     "set_finisher_threads",

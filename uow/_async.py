@@ -1,8 +1,9 @@
-"""The async driver: the same decisions as the sync one, with I/O awaited.
+"""The async driver: the same decisions as the sync one, with the I/O awaited.
 
 An ``AsyncSession`` is awaited directly. A sync session is driven from a
 worker thread, so the event loop never blocks; its end (commit, rollback,
-close) runs on the finisher's own limiter, shielded from cancellation.
+close) runs on the finisher's threads and is waited for even under
+cancellation, which is raised once the unit has ended.
 """
 
 from __future__ import annotations
@@ -11,198 +12,150 @@ import contextlib
 import functools
 import inspect
 from contextvars import Token
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio.to_thread
 from sqlalchemy.orm import Session
 
 from ._compat import AsyncSession
-from ._core import Action, UnitOptions, check_joinable, decide, outcome
-from ._sync import end_savepoint, end_session
-from ._unit import (
-    Hook,
-    Transaction,
-    Unit,
-    conclude,
+from ._decisions import (
+    Action,
+    body_outcome,
+    end_plan,
+    end_result,
+    entering,
     hook_failure,
-    hooks_after_end,
-    live,
-    log_end,
-    settle,
-    verdict,
+    hooks_to_run,
+    to_raise,
 )
-from .concurrency import finish, in_finisher, serial_tx, session_thread, shielded
+from ._options import UnitOptions, check_joinable
+from ._sync import SessionEnd, end_savepoint, end_session, session_end
+from ._threads import finish, raise_after, session_thread, shielded
+from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, serial_tx
 from .exceptions import HookError
 
-if TYPE_CHECKING:
-    from .manager import UnitOfWorkManager
-
-__all__ = ["AsyncScope", "run_hooks_async"]
+__all__ = ["AsyncBlock", "end_async", "run_hooks_async"]
 
 
-class AsyncScope:
+class AsyncBlock:
     """Enter and leave one unit from async code."""
 
-    __slots__ = ("action", "attempt", "manager", "options", "serial_token", "token", "unit")
+    __slots__ = ("action", "attempt", "binding", "boundary", "options", "serial_token", "token")
 
-    def __init__(self, manager: UnitOfWorkManager, options: UnitOptions, attempt: int = 0) -> None:
-        self.manager = manager
+    def __init__(self, binding: Binding, options: UnitOptions, attempt: int = 0) -> None:
+        self.binding = binding
         self.options = options
         #: how many times a retrying decorator ran the unit before (for the DEBUG record)
         self.attempt = attempt
+        self.boundary: Boundary | None = None
+        self.token: Token[Boundary | None] | None = None
         self.serial_token: Token[Transaction | None] | None = None
 
-    async def __aenter__(self) -> Unit | None:
-        manager = self.manager
+    async def __aenter__(self) -> Boundary | None:
+        binding = self.binding
         options = self.options
-        current = live(manager._current.get())
-        action = self.action = decide(options, current is not None)
+        current = live(binding.current.get())
+        action = self.action = entering(options, current is not None)
         if action is Action.NONE:
-            self.unit = None
             return None
         if action is Action.SUSPEND:
-            self.unit = None
-            self.token = manager._current.set(None)
+            self.token = binding.current.set(None)
             return None
         if action is Action.BEGIN:
-            tx = Transaction(manager, options, driven_async=True, outer=current.tx if current else None)
-            unit = Unit(tx)
-            unit.attempt = self.attempt
+            tx = Transaction(binding, options, driven_async=True, outer=current.tx if current else None)
+            boundary = Boundary(tx)
+            boundary.attempt = self.attempt
             start = tx.start_options()
             if start:
                 await _start(tx, start)
-            if not manager.is_async:
+            if not binding.is_async:
                 self.serial_token = serial_tx.set(tx)
         else:
             assert current is not None
             check_joinable(options, current.tx.options)
             if action is Action.JOIN:
-                self.unit = current
+                self.boundary = current
                 return current
             tx = current.tx
             session = tx.get_session()
             tx.check_boundary(current)
-            unit = Unit(tx, current)
+            boundary = Boundary(tx, current)
             if isinstance(session, AsyncSession):
-                unit.savepoint = await session.begin_nested()
+                boundary.open_savepoint(await session.begin_nested())
             else:
                 async with tx.async_lock():
                     tx.check_boundary(current)  # a sibling task may have begun one meanwhile
-                    unit.savepoint = await session_thread(
-                        functools.partial(tx.locked, session.begin_nested),
-                        holds_connection=tx.holds_connection(),
+                    boundary.open_savepoint(
+                        await session_thread(
+                            functools.partial(tx.locked, session.begin_nested),
+                            holds_connection=tx.connected,
+                        )
                     )
-            tx.innermost = unit
-        self.unit = unit
-        self.token = manager._current.set(unit)
-        return unit
+        self.boundary = boundary
+        self.token = binding.current.set(boundary)
+        return boundary
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         action = self.action
         if action is Action.JOIN:
-            if exc is not None and outcome(self.options, exc) == "rollback":
-                assert self.unit is not None
-                self.unit.mark_rollback_only(exc)
+            if exc is not None and body_outcome(self.options, exc) == "rollback":
+                assert self.boundary is not None
+                self.boundary.mark_rollback_only(exc)
             return None
         if action is Action.NONE:
             return None
-        self.manager._current.reset(self.token)
+        assert self.token is not None
+        self.binding.current.reset(self.token)
         if action is Action.SUSPEND:
             return None
         if self.serial_token is not None:
             serial_tx.reset(self.serial_token)
-        unit = self.unit
-        assert unit is not None
-        error = await end_unit(unit, self.options, exc, savepoint=action is Action.SAVEPOINT)
+        assert self.boundary is not None
+        error = await end_async(self.boundary, self.options, exc, savepoint=action is Action.SAVEPOINT)
         if error is not None:
             raise error
         return None
 
 
-async def end_unit(
-    unit: Unit,
+async def end_async(
+    boundary: Boundary,
     options: UnitOptions,
     exc: BaseException | None,
     *,
     savepoint: bool = False,
     rollback: bool = False,
 ) -> BaseException | None:
-    """End a root or savepoint unit whose body ended with *exc*; return what to raise.
+    """End a root or savepoint boundary whose body ended with *exc*; return what to raise.
 
     *rollback* forces a rollback without an exception (a request answered
-    with an error status). ``None`` means: let *exc* (if any) propagate.
-
-    The whole end is shielded from cancellation: the session I/O and then the
-    hooks of the outcome (``on_rollback`` for a unit rolled back because it
-    was cancelled, ``on_commit`` for one whose COMMIT had begun) run to the
-    end, and a cancellation that arrived meanwhile is raised afterwards.
+    with a status that does not commit). ``None`` means: let *exc* (if any)
+    propagate. The session's I/O and then the hooks of the outcome run to
+    their end even if the task is cancelled meanwhile; the cancellation is
+    raised afterwards, chained to the end's own error if there is one.
     """
-    tx = unit.tx
-    if not savepoint and tx.session is None and unit.is_bare():
-        # no session, no hooks, nothing to refuse, nothing to log: the outcome is all there is
-        tx.ended = tx.closed = True
-        tx.committed = not rollback and outcome(options, exc) == "commit"
-        return None
-    if not savepoint and unit.is_bare() and isinstance(tx.session, Session) and tx.lock_is_free():
-        return await _end_bare_sync(unit, options, exc, rollback)
-    return await shielded(
-        functools.partial(_end_unit, unit, options, exc, savepoint=savepoint, rollback=rollback)
-    )
-
-
-async def _end_unit(
-    unit: Unit, options: UnitOptions, exc: BaseException | None, *, savepoint: bool, rollback: bool
-) -> BaseException | None:
-    planned = verdict(unit, options, "rollback" if rollback else outcome(options, exc))
-    commit = planned.action == "commit"
+    tx = boundary.tx
+    plan = end_plan(boundary, options, "rollback" if rollback else body_outcome(options, exc))
     if savepoint:
-        unit.tx.innermost = unit.parent
-        io_error = await _end_savepoint(unit, commit)
+        boundary.close_savepoint()
+        io_error, cancelled = await _end_savepoint(boundary, plan.commit)
     else:
-        unit.tx.ended = True
-        # a read-only unit that succeeded counts as committed, but never COMMITs
-        io_error = await _end_session(unit.tx, commit and not options.read_only)
-        unit.tx.closed = True
-    committed, error = conclude(exc, planned, io_error)
-    if unit.started:
-        log_end(unit, committed, savepoint)
-    if savepoint and committed:
-        unit.merge_into_parent()
-        return error
-    if savepoint:
-        hook_error = await run_hooks_async(unit.rollback_hooks, False)
-    else:
-        hook_error = await run_hooks_async(hooks_after_end(unit, committed), committed)
-    return settle(exc, error, hook_error)
-
-
-async def _end_bare_sync(
-    unit: Unit, options: UnitOptions, exc: BaseException | None, rollback: bool
-) -> BaseException | None:
-    """End a root unit with a sync session and nothing else to run: :func:`_end_unit`'s fast path.
-
-    Its only wait is the finisher's, which cancellation cannot stop, so no
-    task of its own is needed to shield it (two loop cycles fewer per request).
-    """
-    tx = unit.tx
-    session = tx.session
-    assert isinstance(session, Session)
-    planned = verdict(unit, options, "rollback" if rollback else outcome(options, exc))
-    commit = planned.action == "commit" and not options.read_only
-    tx.ended = True
-    cancelled: BaseException | None = None
-    if tx.needs_io_to_end():
-        io_error, cancelled = await finish(functools.partial(tx.locked, end_session, session, commit))
-    else:
-        io_error = end_session(session, commit)
-    tx.closed = True
-    committed, error = conclude(exc, planned, io_error)
-    tx.committed = committed
-    if cancelled is not None:  # it came while the session ended: raise it now, with the error
-        if error is not None:
-            raise cancelled from error
-        raise cancelled
-    return settle(exc, error, None)
+        tx.begin_end()
+        io_error, cancelled = await _end_session(tx, session_end(plan.commit, options))
+    result = end_result(plan, exc, io_error)
+    if not savepoint:
+        tx.finish(result.committed)
+    if boundary.started:
+        log_end(boundary, result.committed, savepoint)
+    if savepoint and result.committed:
+        boundary.merge_into_parent()
+    hooks = hooks_to_run(boundary, result.committed, savepoint)
+    hook_error = None
+    if hooks:
+        hook_error, late = await shielded(functools.partial(run_hooks_async, hooks, result.committed))
+        cancelled = cancelled or late
+    error = to_raise(exc, result.error, hook_error)
+    raise_after(cancelled, error)
+    return error
 
 
 async def _start(tx: Transaction, options: dict[str, Any]) -> None:
@@ -213,39 +166,34 @@ async def _start(tx: Transaction, options: dict[str, Any]) -> None:
             await session.connection(execution_options=options)
         else:
             await session_thread(
-                functools.partial(session.connection, execution_options=options),
-                holds_connection=False,
+                functools.partial(session.connection, execution_options=options), holds_connection=False
             )
     except BaseException:
-        await shielded(functools.partial(_end_session, tx, False))
+        tx.begin_end()
+        await _end_session(tx, "rollback")
+        tx.finish(False)
         raise
 
 
-async def _end_session(tx: Transaction, commit: bool) -> BaseException | None:
-    """Commit or roll back, then close (callers shield it from cancellation)."""
+async def _end_session(tx: Transaction, how: SessionEnd) -> tuple[BaseException | None, BaseException | None]:
+    """Commit, roll back or close; return the error and a cancellation that came meanwhile."""
     session = tx.session
     if session is None:
-        return None
+        return None, None
     if isinstance(session, AsyncSession):
-        return await _end_async_session(session, commit)
+        return await shielded(functools.partial(_end_async_session, session, how))
     if tx.lock_is_free() and not tx.needs_io_to_end():
-        return end_session(session, commit)
-    return await _end_sync_session(tx, session, commit)
+        return end_session(session, how), None  # nothing to send: no thread needed
+    # tx.locked waits for a thread still working on the session (a task of the unit's)
+    return await finish(functools.partial(tx.locked, end_session, session, how))
 
 
-async def _end_sync_session(tx: Transaction, session: Session, commit: bool) -> BaseException | None:
-    # A task the unit started (asyncio.gather's siblings of a failed child) may
-    # still be running session work in a thread: wait for it before ending.
-    async with tx.async_lock():
-        return await in_finisher(functools.partial(tx.locked, end_session, session, commit))
-
-
-async def _end_async_session(session: AsyncSession, commit: bool) -> BaseException | None:
+async def _end_async_session(session: AsyncSession, how: SessionEnd) -> BaseException | None:
     error: BaseException | None = None
     try:
-        if commit:
+        if how == "commit":
             await session.commit()
-        else:
+        elif how == "rollback":
             await session.rollback()
     except BaseException as e:
         error = e
@@ -257,20 +205,17 @@ async def _end_async_session(session: AsyncSession, commit: bool) -> BaseExcepti
     return error
 
 
-async def _end_savepoint(unit: Unit, commit: bool) -> BaseException | None:
-    """Release or roll back the savepoint (callers shield it from cancellation)."""
-    if isinstance(unit.tx.session, Session):
-        return await _end_sync_savepoint(unit, commit)
-    return await _end_async_savepoint(unit, commit)
+async def _end_savepoint(
+    boundary: Boundary, commit: bool
+) -> tuple[BaseException | None, BaseException | None]:
+    """Release or roll back the savepoint; return the error and a cancellation that came meanwhile."""
+    tx = boundary.tx
+    if isinstance(tx.session, Session):
+        return await finish(functools.partial(tx.locked, end_savepoint, boundary.savepoint, commit))
+    return await shielded(functools.partial(_end_async_savepoint, boundary.savepoint, commit))
 
 
-async def _end_sync_savepoint(unit: Unit, commit: bool) -> BaseException | None:
-    async with unit.tx.async_lock():
-        return await in_finisher(functools.partial(unit.tx.locked, end_savepoint, unit, commit))
-
-
-async def _end_async_savepoint(unit: Unit, commit: bool) -> BaseException | None:
-    savepoint = unit.savepoint
+async def _end_async_savepoint(savepoint: Any, commit: bool) -> BaseException | None:
     try:
         if commit:
             await savepoint.commit()

@@ -8,10 +8,11 @@ from typing import Any, Literal
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from . import _registry
 from ._compat import AsyncEngine, async_sessionmaker
-from ._core import Propagation
+from ._options import Propagation
 from .decorators import UnitOfWork
-from .exceptions import NotConfiguredError
+from .exceptions import InvalidOptionError
 from .manager import UnitOfWorkManager
 from .proxy import SessionProxy
 
@@ -21,11 +22,10 @@ __all__ = [
     "get_manager",
     "on_commit",
     "on_rollback",
+    "reset_defaults",
     "session",
     "unit_of_work",
 ]
-
-_manager: UnitOfWorkManager | None = None
 
 
 def configure(
@@ -37,32 +37,28 @@ def configure(
     *bind* and *options* are those of :class:`UnitOfWorkManager`, or pass a
     ready manager. Returns the manager. Calling it again replaces the default.
     """
-    global _manager
     if isinstance(bind, UnitOfWorkManager):
         if options:
-            from .exceptions import InvalidOptionError
-
             raise InvalidOptionError(
                 "options were given with a ready UnitOfWorkManager; set them on it"
             )
         manager = bind
     else:
         manager = UnitOfWorkManager(bind, **options)
-    _manager = manager
+    _registry.set_default(manager)
     return manager
 
 
 def get_manager() -> UnitOfWorkManager:
     """Return the default manager; raise :class:`NotConfiguredError` if there is none."""
-    manager = _manager
-    if manager is None:
-        raise NotConfiguredError(
-            "uow is not configured: call uow.configure(engine) once at start-up "
-            "(with an Engine, AsyncEngine or session factory) before using "
-            "uow.transactional, uow.unit_of_work or uow.session, or use a "
-            "UnitOfWorkManager of your own"
-        )
+    manager = _registry.get_default()
+    assert isinstance(manager, UnitOfWorkManager)
     return manager
+
+
+def reset_defaults() -> None:
+    """Forget the default manager, as before ``uow.configure`` (for tests' teardown)."""
+    _registry.set_default(None)
 
 
 def unit_of_work(
@@ -81,7 +77,7 @@ def unit_of_work(
     except ``retry`` (a block cannot be re-run).
     """
     return UnitOfWork(
-        get_manager,
+        _registry.get_default,
         propagation=propagation,
         read_only=read_only,
         isolation_level=isolation_level,
@@ -117,4 +113,4 @@ def on_rollback(
 
 
 #: Proxy to the current unit's session of the default manager.
-session: Session = SessionProxy(get_manager)  # type: ignore[assignment]
+session: Session = SessionProxy(_registry.get_default)  # type: ignore[assignment]

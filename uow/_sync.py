@@ -1,68 +1,69 @@
-"""The sync driver: enter and end units with direct calls."""
+"""The sync driver: enter and end units with direct calls.
+
+Every decision comes from :mod:`uow._decisions`; this module only performs
+the I/O they ask for.
+"""
 
 from __future__ import annotations
 
 import inspect
 import threading
-from typing import TYPE_CHECKING, Any
+from contextvars import Token
+from typing import Any, Literal
 
+import anyio.from_thread
 from sqlalchemy.orm import Session
 
-from ._core import Action, UnitOptions, check_joinable, decide, outcome
-from ._unit import (
-    Hook,
-    Transaction,
-    Unit,
-    conclude,
+from ._decisions import (
+    Action,
+    body_outcome,
+    end_plan,
+    end_result,
+    entering,
     hook_failure,
-    hooks_after_end,
-    live,
-    log_end,
-    logger,
-    settle,
-    verdict,
+    hooks_to_run,
+    to_raise,
 )
+from ._options import UnitOptions, check_joinable
+from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, logger
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
-if TYPE_CHECKING:
-    from .manager import UnitOfWorkManager
-
-__all__ = ["SyncScope", "end_savepoint", "end_session", "run_hooks"]
+__all__ = ["SyncBlock", "end_savepoint", "end_session", "end_sync", "run_hooks", "session_end"]
 
 
-class SyncScope:
+class SyncBlock:
     """Enter and leave one unit from sync code."""
 
-    __slots__ = ("action", "attempt", "manager", "options", "token", "unit")
+    __slots__ = ("action", "attempt", "binding", "boundary", "options", "token")
 
-    def __init__(self, manager: UnitOfWorkManager, options: UnitOptions, attempt: int = 0) -> None:
-        self.manager = manager
+    def __init__(self, binding: Binding, options: UnitOptions, attempt: int = 0) -> None:
+        self.binding = binding
         self.options = options
         #: how many times a retrying decorator ran the unit before (for the DEBUG record)
         self.attempt = attempt
+        self.boundary: Boundary | None = None
+        self.token: Token[Boundary | None] | None = None
 
-    def __enter__(self) -> Unit | None:
-        manager = self.manager
+    def __enter__(self) -> Boundary | None:
+        binding = self.binding
         options = self.options
-        current = live(manager._current.get())
-        action = self.action = decide(options, current is not None)
+        current = live(binding.current.get())
+        action = self.action = entering(options, current is not None)
         if action is Action.NONE:
-            self.unit = None
             return None
         if action is Action.SUSPEND:
-            self.unit = None
-            self.token = manager._current.set(None)
+            self.token = binding.current.set(None)
             return None
-        if manager.is_async:
+        if binding.is_async:
             raise SessionKindError(
                 "this manager makes AsyncSession objects, which sync code cannot "
                 "drive; use `async with unit_of_work()` or @transactional on an "
                 "async def, or configure uow with a sync engine"
             )
         if action is Action.BEGIN:
-            tx = Transaction(manager, options, driven_async=False, outer=current.tx if current else None)
-            unit = Unit(tx)
-            unit.attempt = self.attempt
+            tx = Transaction(binding, options, driven_async=False, outer=current.tx if current else None)
+            boundary = Boundary(tx)
+            boundary.attempt = self.attempt
             start = tx.start_options()
             if start:
                 session = tx.get_session()
@@ -70,87 +71,99 @@ class SyncScope:
                 try:
                     session.connection(execution_options=start)
                 except BaseException:
-                    session.close()
+                    tx.begin_end()
+                    end_session(session, "rollback")
+                    tx.finish(False)
                     raise
         else:
             assert current is not None
             check_joinable(options, current.tx.options)
-            if current.tx.loop_thread == threading.get_ident() and not manager.is_async:
+            if current.tx.loop_thread == threading.get_ident():
                 raise BlockingSessionUse(
                     "a sync unit was entered on the event loop thread inside an "
                     "async unit whose session is sync: its queries would block the "
                     "loop. Call the sync function with `await uow.run_sync(fn, ...)`"
                 )
             if action is Action.JOIN:
-                self.unit = current
+                self.boundary = current
                 return current
             tx = current.tx
             session = tx.get_session()
             assert isinstance(session, Session)
             tx.check_boundary(current)
-            unit = Unit(tx, current)
-            unit.savepoint = session.begin_nested()
-            tx.innermost = unit
-        self.unit = unit
-        self.token = manager._current.set(unit)
-        return unit
+            boundary = Boundary(tx, current)
+            boundary.open_savepoint(session.begin_nested())
+        self.boundary = boundary
+        self.token = binding.current.set(boundary)
+        return boundary
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         action = self.action
         if action is Action.JOIN:
-            if exc is not None and outcome(self.options, exc) == "rollback":
-                assert self.unit is not None
-                self.unit.mark_rollback_only(exc)
+            if exc is not None and body_outcome(self.options, exc) == "rollback":
+                assert self.boundary is not None
+                self.boundary.mark_rollback_only(exc)
             return None
         if action is Action.NONE:
             return None
-        self.manager._current.reset(self.token)
+        assert self.token is not None
+        self.binding.current.reset(self.token)
         if action is Action.SUSPEND:
             return None
-        unit = self.unit
-        assert unit is not None
-        error = end_unit(unit, self.options, exc, savepoint=action is Action.SAVEPOINT)
+        assert self.boundary is not None
+        error = end_sync(self.boundary, self.options, exc, savepoint=action is Action.SAVEPOINT)
         if error is not None:
             raise error
         return None
 
 
-def end_unit(
-    unit: Unit, options: UnitOptions, exc: BaseException | None, *, savepoint: bool = False
+def end_sync(
+    boundary: Boundary, options: UnitOptions, exc: BaseException | None, *, savepoint: bool
 ) -> BaseException | None:
-    """End a root or savepoint unit whose body ended with *exc*; return what to raise."""
-    planned = verdict(unit, options, outcome(options, exc))
-    commit = planned.action == "commit"
+    """End a root or savepoint boundary whose body ended with *exc*; return what to raise."""
+    tx = boundary.tx
+    plan = end_plan(boundary, options, body_outcome(options, exc))
     if savepoint:
-        unit.tx.innermost = unit.parent
-        io_error = end_savepoint(unit, commit)
+        boundary.close_savepoint()
+        io_error = end_savepoint(boundary.savepoint, plan.commit)
     else:
-        unit.tx.ended = True
-        # a read-only unit that succeeded counts as committed, but never COMMITs
-        io_error = end_session(unit.tx.session, commit and not options.read_only)  # type: ignore[arg-type]
-        unit.tx.closed = True
-    committed, error = conclude(exc, planned, io_error)
-    if unit.started:
-        log_end(unit, committed, savepoint)
-    if savepoint and committed:
-        unit.merge_into_parent()
-        return error
-    if savepoint:
-        hook_error = run_hooks(unit.rollback_hooks, False)
-    else:
-        hook_error = run_hooks(hooks_after_end(unit, committed), committed)
-    return settle(exc, error, hook_error)
+        tx.begin_end()
+        io_error = end_session(tx.session, session_end(plan.commit, options))  # type: ignore[arg-type]
+    result = end_result(plan, exc, io_error)
+    if not savepoint:
+        tx.finish(result.committed)
+    if boundary.started:
+        log_end(boundary, result.committed, savepoint)
+    if savepoint and result.committed:
+        boundary.merge_into_parent()
+    hook_error = run_hooks(hooks_to_run(boundary, result.committed, savepoint), result.committed)
+    return to_raise(exc, result.error, hook_error)
 
 
-def end_session(session: Session | None, commit: bool) -> BaseException | None:
-    """Commit or roll back, then close; return the error instead of raising it."""
+SessionEnd = Literal["commit", "rollback", "close"]
+
+
+def session_end(commit: bool, options: UnitOptions) -> SessionEnd:
+    """How a session ends: a read-only unit that succeeded only closes it.
+
+    It counts as committed but never COMMITs; closing ends its transaction
+    (the pool rolls the connection back) without SQLAlchemy's rollback, which
+    expires every loaded object: the cheapest end there is.
+    """
+    if not commit:
+        return "rollback"
+    return "close" if options.read_only else "commit"
+
+
+def end_session(session: Session | None, how: SessionEnd) -> BaseException | None:
+    """Commit, roll back or just close the session; return the error instead of raising it."""
     if session is None:
         return None
     error: BaseException | None = None
     try:
-        if commit:
+        if how == "commit":
             session.commit()
-        else:
+        elif how == "rollback":
             session.rollback()
     except BaseException as e:
         error = e
@@ -163,9 +176,8 @@ def end_session(session: Session | None, commit: bool) -> BaseException | None:
     return error
 
 
-def end_savepoint(unit: Unit, commit: bool) -> BaseException | None:
-    """Release or roll back a unit's SAVEPOINT; return the error instead of raising it."""
-    savepoint = unit.savepoint
+def end_savepoint(savepoint: Any, commit: bool) -> BaseException | None:
+    """Release or roll back a SAVEPOINT; return the error instead of raising it."""
     try:
         if commit:
             savepoint.commit()
@@ -187,8 +199,6 @@ def run_hooks(hooks: list[Hook], committed: bool) -> HookError | None:
     for hook in hooks:
         try:
             if hook.is_async:
-                import anyio.from_thread
-
                 try:
                     anyio.from_thread.run(hook.fn)
                 except RuntimeError as e:

@@ -4,31 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 import anyio
 import wrapt
 
-from ._async import AsyncScope
-from ._core import Propagation, UnitOptions, backoff_delay, is_transient, make_options
+from ._async import AsyncBlock
+from ._decisions import backoff_delay, is_transient
 from ._detect import is_async_callable, is_generator_callable
-from ._sync import SyncScope
-from ._unit import logger
+from ._options import Propagation, UnitOptions, make_options
+from ._registry import get_default
+from ._sync import SyncBlock
+from ._transaction import Binding, logger
 from .exceptions import InvalidOptionError, NotDecoratableError, UnitOfWorkError
-
-if TYPE_CHECKING:
-    from .manager import UnitOfWorkManager
 
 __all__ = ["UnitOfWork", "transactional"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-GetManager = Callable[[], "UnitOfWorkManager"]
-
-
-def _default_manager() -> UnitOfWorkManager:
-    from ._default import get_manager
-
-    return get_manager()
+GetManager = Callable[[], Binding]
 
 
 @overload
@@ -44,7 +37,7 @@ def transactional(
     retry: int = ...,
     no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
     durable: bool = ...,
-    manager: UnitOfWorkManager | None = ...,
+    manager: Binding | None = ...,
 ) -> Callable[[F], F]: ...
 def transactional(
     fn: Any = None,
@@ -56,7 +49,7 @@ def transactional(
     retry: int = 0,
     no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     durable: bool = False,
-    manager: UnitOfWorkManager | None = None,
+    manager: Binding | None = None,
 ) -> Any:
     """Run the decorated function in a unit of work.
 
@@ -78,7 +71,7 @@ def transactional(
         no_rollback_on=no_rollback_on,
         durable=durable,
     )
-    get_manager: GetManager = (lambda: manager) if manager is not None else _default_manager
+    get_manager: GetManager = (lambda: manager) if manager is not None else get_default
     if fn is None:
         return lambda f: _decorate(f, get_manager, options)
     return _decorate(fn, get_manager, options)
@@ -108,12 +101,12 @@ def _sync_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         manager = get_manager()
         if not options.retry:
-            with SyncScope(manager, options):
+            with SyncBlock(manager, options):
                 return wrapped(*args, **kwargs)
         attempt = 0
         while True:
             try:
-                with SyncScope(manager, options, attempt):
+                with SyncBlock(manager, options, attempt):
                     return wrapped(*args, **kwargs)
             except Exception as e:
                 if attempt >= options.retry or not is_transient(e, manager.transient):
@@ -130,12 +123,12 @@ def _async_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         manager = get_manager()
         if not options.retry:
-            async with AsyncScope(manager, options):
+            async with AsyncBlock(manager, options):
                 return await wrapped(*args, **kwargs)
         attempt = 0
         while True:
             try:
-                async with AsyncScope(manager, options, attempt):
+                async with AsyncBlock(manager, options, attempt):
                     return await wrapped(*args, **kwargs)
             except Exception as e:
                 if attempt >= options.retry or not is_transient(e, manager.transient):
@@ -166,7 +159,7 @@ class UnitOfWork:
     ``unit_of_work()`` again for another.
     """
 
-    __slots__ = ("_get_manager", "_options", "_scope")
+    __slots__ = ("_block", "_get_manager", "_options")
 
     def __init__(
         self,
@@ -192,42 +185,42 @@ class UnitOfWork:
             no_rollback_on=no_rollback_on,
             durable=durable,
         )
-        self._scope: SyncScope | AsyncScope | None = None
+        self._block: SyncBlock | AsyncBlock | None = None
 
-    def _claim(self, scope: SyncScope | AsyncScope) -> None:
-        if self._scope is not None:
+    def _claim(self, block: SyncBlock | AsyncBlock) -> None:
+        if self._block is not None:
             raise UnitOfWorkError(
                 "this unit_of_work() object is already running a block; call "
                 "unit_of_work() again for each block"
             )
-        self._scope = scope
+        self._block = block
 
     def __enter__(self) -> Any:
-        scope = SyncScope(self._get_manager(), self._options)
-        self._claim(scope)
+        block = SyncBlock(self._get_manager(), self._options)
+        self._claim(block)
         try:
-            unit = scope.__enter__()
+            boundary = block.__enter__()
         except BaseException:
-            self._scope = None
+            self._block = None
             raise
-        return None if unit is None else unit.tx.get_session()
+        return None if boundary is None else boundary.tx.get_session()
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        scope, self._scope = self._scope, None
-        assert isinstance(scope, SyncScope)
-        return scope.__exit__(exc_type, exc, tb)
+        block, self._block = self._block, None
+        assert isinstance(block, SyncBlock)
+        return block.__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> Any:
-        scope = AsyncScope(self._get_manager(), self._options)
-        self._claim(scope)
+        block = AsyncBlock(self._get_manager(), self._options)
+        self._claim(block)
         try:
-            unit = await scope.__aenter__()
+            boundary = await block.__aenter__()
         except BaseException:
-            self._scope = None
+            self._block = None
             raise
-        return None if unit is None else unit.tx.get_session()
+        return None if boundary is None else boundary.tx.get_session()
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        scope, self._scope = self._scope, None
-        assert isinstance(scope, AsyncScope)
-        return await scope.__aexit__(exc_type, exc, tb)
+        block, self._block = self._block, None
+        assert isinstance(block, AsyncBlock)
+        return await block.__aexit__(exc_type, exc, tb)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.orm import Session
 
+from ._transaction import Binding
 from .exceptions import BlockingSessionUse
-
-if TYPE_CHECKING:
-    from .manager import UnitOfWorkManager
 
 __all__ = ["SessionProxy"]
 
@@ -54,14 +52,14 @@ class SessionProxy:
 
     __slots__ = ("_get_manager",)
 
-    def __init__(self, get_manager: Callable[[], UnitOfWorkManager]) -> None:
+    def __init__(self, get_manager: Callable[[], Binding]) -> None:
         self._get_manager = get_manager
 
     def _session(self, name: str) -> Any:
         manager = self._get_manager()
         session = manager.current_session()
         if name not in _NO_IO and isinstance(session, Session):
-            unit = manager._current.get()
+            unit = manager.current.get()
             if unit is not None and unit.tx.loop_thread == threading.get_ident():
                 raise BlockingSessionUse(
                     f"uow.session.{name} was used on the event loop thread, but the "
@@ -74,7 +72,7 @@ class SessionProxy:
     def __getattr__(self, name: str) -> Any:
         manager = self._get_manager()
         attr = getattr(self._session(name), name)
-        unit = manager._current.get()
+        unit = manager.current.get()
         if (
             unit is not None
             and unit.tx.loop_thread is not None

@@ -7,9 +7,9 @@ into an external transaction" recipe, ``join_transaction_mode=
 captured for the test to inspect or run, as with Django's
 ``captureOnCommitCallbacks``.
 
-As a pytest plugin (registered through the ``pytest11`` entry point, opt-in
-by fixture): define a ``uow_engine`` fixture returning your sync ``Engine``,
-and request ``uow_test``. For an ``AsyncEngine``, use :func:`async_rollback_after`
+As a pytest plugin (:mod:`uow.pytest_plugin`, registered through the
+``pytest11`` entry point, opt-in by fixture): define a ``uow_engine`` fixture
+returning your sync ``Engine``, and request ``uow_test``. For an ``AsyncEngine``, use :func:`async_rollback_after`
 in an async fixture of your own.
 """
 
@@ -17,22 +17,19 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
-from . import _default
+from . import _registry
 from ._compat import AsyncEngine, async_sessionmaker
 from ._detect import is_async_callable
-from ._unit import Hook
+from ._transaction import Hook
 from .manager import UnitOfWorkManager
 from .sqlite import enable_savepoints
 
-if TYPE_CHECKING:
-    import pytest
-
-__all__ = ["TestTransaction", "async_rollback_after", "rollback_after", "uow_test"]
+__all__ = ["TestTransaction", "async_rollback_after", "rollback_after"]
 
 
 class TestTransaction:
@@ -125,32 +122,12 @@ async def async_rollback_after(
 @contextmanager
 def _installed(factory: Any, capture: bool) -> Iterator[TestTransaction]:
     manager = UnitOfWorkManager(factory)
-    manager._external_transaction = True
+    manager.external_transaction = True
     hooks: list[Hook] = []
     if capture:
-        manager._hook_sink = hooks
-    previous = _default._manager
-    _default.configure(manager)
+        manager.hook_sink = hooks
+    previous = _registry.set_default(manager)
     try:
         yield TestTransaction(manager, hooks)
     finally:
-        _default._manager = previous
-
-
-try:
-    import pytest as _pytest
-except ImportError:  # pragma: no cover - the plugin needs pytest, the helpers do not
-    pass
-else:
-
-    @_pytest.fixture
-    def uow_test(request: pytest.FixtureRequest) -> Iterator[TestTransaction]:
-        """Run the test in a transaction on the ``uow_engine`` fixture's engine, rolled back after."""
-        engine = request.getfixturevalue("uow_engine")
-        if not isinstance(engine, Engine):
-            raise TypeError(
-                "the uow_test fixture needs a `uow_engine` fixture returning a sync Engine; "
-                "for an AsyncEngine use `async with uow.testing.async_rollback_after(engine)`"
-            )
-        with rollback_after(engine) as test:
-            yield test
+        _registry.set_default(previous)

@@ -8,12 +8,12 @@ from typing import Any, Literal, ParamSpec
 from starlette.background import BackgroundTask as StarletteBackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from .._async import AsyncScope
-from .._core import Propagation, UnitOptions
+from .._async import AsyncBlock
 from .._default import get_manager
-from .._sync import SyncScope
-from .._unit import Transaction
-from ..exceptions import NotConfiguredError
+from .._options import Propagation, UnitOptions
+from .._sync import SyncBlock
+from .._transaction import Transaction
+from ..exceptions import InvalidOptionError, NotConfiguredError
 from ..manager import UnitOfWorkManager
 
 __all__ = ["BackgroundTask", "RunWhen"]
@@ -49,8 +49,6 @@ class BackgroundTask(StarletteBackgroundTask):
     def when(self, run_when: RunWhen) -> BackgroundTask:
         """Run the task when the request's unit ``"committed"``, ``"rolled_back"``, or ``"always"``."""
         if run_when not in ("committed", "always", "rolled_back"):
-            from ..exceptions import InvalidOptionError
-
             raise InvalidOptionError(
                 f"run_when={run_when!r} must be 'committed', 'rolled_back' or 'always'"
             )
@@ -78,22 +76,22 @@ class BackgroundTask(StarletteBackgroundTask):
             return
         manager = self.manager or get_manager()
         if self.is_async:
-            async with AsyncScope(manager, _OWN_UNIT):
+            async with AsyncBlock(manager, _OWN_UNIT):
                 await self.func(*self.args, **self.kwargs)
         else:
             await run_in_threadpool(self._run_in_unit, manager)
 
     def _run_in_unit(self, manager: UnitOfWorkManager) -> None:
-        with SyncScope(manager, _OWN_UNIT):
+        with SyncBlock(manager, _OWN_UNIT):
             self.func(*self.args, **self.kwargs)
 
 
 def _first_transaction(manager: UnitOfWorkManager) -> Transaction | None:
     """Return the request's transaction: the first of the context, under any REQUIRES_NEW ones."""
-    unit = manager._current.get()
-    if unit is None:
+    boundary = manager.current.get()
+    if boundary is None:
         return None
-    tx = unit.tx
+    tx = boundary.tx
     while tx.outer is not None:
         tx = tx.outer
     return tx

@@ -10,11 +10,10 @@ from typing import Literal
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._async import end_unit
-from .._core import Propagation, UnitOptions
+from .._async import end_async
 from .._default import get_manager
-from .._unit import Transaction, Unit
-from ..concurrency import serial_tx
+from .._options import Propagation, UnitOptions
+from .._transaction import Boundary, Transaction, serial_tx
 from ..exceptions import HookError, InvalidOptionError, PartialCommit
 from ..manager import UnitOfWorkManager
 
@@ -89,20 +88,19 @@ class UnitOfWorkMiddleware:
             return
         manager = self.manager or get_manager()
         request = _Request(manager, scope, receive, send, self.commit_statuses)
-        token = manager._current.set(request.unit)
-        serial = None if manager.is_async else serial_tx.set(request.unit.tx)
+        token = manager.current.set(request.unit)
+        serial = None if manager.is_async else serial_tx.set(request.tx)
         try:
             await self.app(scope, request.receive, request.send)
+            if not request.tx.ended:
+                await request.end(None)  # the app never started a response: roll back
         except BaseException as exc:
             await request.end(exc)
             raise
-        else:
-            if not request.unit.tx.ended:
-                await request.end(None)  # the app never started a response: roll back
         finally:
             if serial is not None:
                 serial_tx.reset(serial)
-            manager._current.reset(token)
+            manager.current.reset(token)
 
 
 #: the names of the databases whose request units committed, in the ASGI scope
@@ -112,7 +110,7 @@ _COMMITTED = "uow.committed"
 class _Request:
     """One request's unit, and the receive/send wrappers that end it in time."""
 
-    __slots__ = ("_receive", "_send", "commit_statuses", "disconnected", "scope", "unit")
+    __slots__ = ("_receive", "_send", "commit_statuses", "disconnected", "scope", "tx", "unit")
 
     def __init__(
         self,
@@ -122,7 +120,8 @@ class _Request:
         send: Send,
         commit_statuses: frozenset[int],
     ) -> None:
-        self.unit = Unit(Transaction(manager, _REQUEST_OPTIONS, driven_async=True))
+        self.tx = Transaction(manager, _REQUEST_OPTIONS, driven_async=True)
+        self.unit = Boundary(self.tx)
         self.scope = scope
         self._receive = receive
         self._send = send
@@ -138,26 +137,23 @@ class _Request:
         return message
 
     async def send(self, message: Message) -> None:
-        if (
-            message["type"] == "http.response.start"
-            and not self.unit.tx.ended
-            and await self._end_before(message)
-        ):
-            return  # forwarded already
+        if message["type"] == "http.response.start":
+            tx = self.tx
+            if not tx.ended:
+                # a client the app has seen leave learns nothing of a commit: roll back
+                commit = message["status"] in self.commit_statuses and not self.disconnected
+                if tx.session is None and self.unit.is_bare():
+                    tx.finish(commit)  # the request never used the database: no I/O to do
+                elif await self._end_before(message, commit):
+                    return  # forwarded already
         await self._send(message)
 
-    async def _end_before(self, start: Message) -> bool:
-        """End the unit as *start*'s status says; return True if *start* was forwarded meanwhile."""
+    async def _end_before(self, start: Message, commit: bool) -> bool:
+        """End the unit, committing if *commit*; return True if *start* was forwarded meanwhile."""
         unit = self.unit
-        tx = unit.tx
-        # a client the app has seen leave learns nothing of a commit: roll back
-        commit = start["status"] in self.commit_statuses and not self.disconnected
-        if tx.session is None and unit.is_bare():  # the request never used the database
-            tx.ended = tx.closed = True
-            tx.committed = commit
-            return False
+        tx = self.tx
         try:
-            error = await end_unit(unit, _REQUEST_OPTIONS, None, rollback=not commit)
+            error = await end_async(unit, _REQUEST_OPTIONS, None, rollback=not commit)
         except BaseException:
             if tx.committed:
                 # cancelled while a COMMIT ran to its end: the client learns of the commit
@@ -173,7 +169,7 @@ class _Request:
             committed = self.scope.get(_COMMITTED)
             if committed is None:
                 committed = self.scope[_COMMITTED] = []
-            committed.append(tx.manager.name)
+            committed.append(tx.binding.name)
             if anyio.current_effective_deadline() == -math.inf:
                 # a cancel scope was cancelled while the COMMIT ran: the start goes out first
                 await _forward_shielded(self._send, start)
@@ -185,7 +181,7 @@ class _Request:
         kept = tuple(self.scope.get(_COMMITTED, ()))
         if not kept:
             return error
-        failed = self.unit.tx.manager.name
+        failed = self.unit.tx.binding.name
         logger.error(
             "uow: the request's COMMIT on %s failed after %s committed its part: partial commit",
             failed,
@@ -205,9 +201,9 @@ class _Request:
 
     async def end(self, exc: BaseException | None) -> None:
         """End the unit if the response never started (an exception, or no response)."""
-        if self.unit.tx.ended:
+        if self.tx.ended:
             return
-        error = await end_unit(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
+        error = await end_async(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
         if error is not None:
             raise self._failed(error) from exc
 

@@ -1,29 +1,13 @@
-"""Decisions without I/O: options, propagation, outcome, retry policy.
-
-The sync and async drivers differ only in how they perform I/O; everything
-they decide comes from here.
-"""
+"""The options of a unit, validated once: propagation, read_only, isolation, retry..."""
 
 from __future__ import annotations
 
 import enum
-import random
-import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
-from .exceptions import InvalidOptionError, PropagationError
+from .exceptions import InvalidOptionError, IsolationLevelConflict
 
-__all__ = [
-    "Action",
-    "Propagation",
-    "UnitOptions",
-    "backoff_delay",
-    "decide",
-    "is_transient",
-    "make_options",
-]
+__all__ = ["Propagation", "UnitOptions", "check_joinable", "make_options"]
 
 ISOLATION_LEVELS = frozenset(
     {"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED"}
@@ -49,16 +33,6 @@ class Propagation(enum.Enum):
     NEVER = "NEVER"
 
 
-class Action(enum.Enum):
-    """What entering a unit does, given its propagation and the caller's state."""
-
-    BEGIN = "begin"  # a new outermost transaction (suspending any current one)
-    JOIN = "join"  # share the current session and transaction
-    SAVEPOINT = "savepoint"  # a SAVEPOINT inside the current transaction
-    NONE = "none"  # run as is, no unit
-    SUSPEND = "suspend"  # run with no unit visible, the current one suspended
-
-
 @dataclass(frozen=True, slots=True)
 class UnitOptions:
     """The validated options of one unit."""
@@ -70,8 +44,6 @@ class UnitOptions:
     no_rollback_on: tuple[type[BaseException], ...] = ()
     durable: bool = False
 
-
-DEFAULT_OPTIONS = UnitOptions()
 
 
 def make_options(
@@ -150,115 +122,10 @@ def _check_bool(name: str, value: object) -> None:
         raise InvalidOptionError(f"{name}={value!r} must be True or False")
 
 
-def decide(options: UnitOptions, in_unit: bool) -> Action:
-    """Return what entering a unit with *options* does; raise if it cannot run here."""
-    p = options.propagation
-    if options.durable and in_unit:
-        raise PropagationError(
-            "durable=True: this unit must be the outermost one, but it was "
-            "entered inside another unit; call it outside any unit, or drop durable"
-        )
-    if p is Propagation.REQUIRED:
-        action = Action.JOIN if in_unit else Action.BEGIN
-    elif p is Propagation.REQUIRES_NEW:
-        action = Action.BEGIN
-    elif p is Propagation.NESTED:
-        action = Action.SAVEPOINT if in_unit else Action.BEGIN
-    elif p is Propagation.MANDATORY:
-        if not in_unit:
-            raise PropagationError(
-                "propagation=MANDATORY needs an open unit, and there is none; "
-                "call this from inside @transactional or `with unit_of_work()`"
-            )
-        action = Action.JOIN
-    elif p is Propagation.SUPPORTS:
-        action = Action.JOIN if in_unit else Action.NONE
-    elif p is Propagation.NOT_SUPPORTED:
-        action = Action.SUSPEND if in_unit else Action.NONE
-    else:  # NEVER
-        if in_unit:
-            raise PropagationError(
-                "propagation=NEVER forbids an open unit, and one is open; "
-                "call this outside any unit, or use NOT_SUPPORTED to suspend it"
-            )
-        action = Action.NONE
-    if options.retry and action is not Action.BEGIN:
-        raise PropagationError(
-            f"retry={options.retry} on a unit that would {action.value} the open "
-            "unit: only an outermost unit can be re-run; put retry on the "
-            "outermost @transactional, or use propagation=REQUIRES_NEW"
-        )
-    return action
-
-
-Outcome = Literal["commit", "rollback"]
-
-
-def outcome(options: UnitOptions, exc: BaseException | None) -> Outcome:
-    """Return whether a unit whose body ended with *exc* commits or rolls back."""
-    if exc is None:
-        return "commit"
-    if options.no_rollback_on and isinstance(exc, options.no_rollback_on):
-        return "commit"
-    return "rollback"
-
-
-# --- retry -----------------------------------------------------------------
-
-TransientPredicate = Callable[[BaseException], bool]
-
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
-_MYSQL_DEADLOCK_CODES = frozenset({1213, 1205})
-_SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or any(e is s for s in seen):
-            continue
-        seen.append(e)
-        todo.extend((getattr(e, "orig", None), e.__cause__, e.__context__))
-    return seen
-
-
-def is_transient(
-    exc: BaseException, extra: tuple[TransientPredicate, ...] = ()
-) -> bool:
-    """Return True for errors a re-run may cure: serialization failure, deadlock, busy."""
-    for e in _causes(exc):
-        code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
-        if isinstance(code, str) and code in _TRANSIENT_SQLSTATES:
-            return True
-        if isinstance(e, sqlite3.OperationalError):
-            errcode = getattr(e, "sqlite_errorcode", None)
-            if isinstance(errcode, int) and errcode & 0xFF in _SQLITE_BUSY_CODES:
-                return True
-            message = str(e)
-            if "database is locked" in message or "database table is locked" in message:
-                return True
-        if type(e).__module__.split(".")[0] in ("pymysql", "MySQLdb", "mysql"):
-            args = getattr(e, "args", ())
-            if args and args[0] in _MYSQL_DEADLOCK_CODES:
-                return True
-        if any(pred(e) for pred in extra):
-            return True
-    return False
-
-
-def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Return a full-jitter delay for *attempt* (0 for the first retry)."""
-    return random.uniform(0, min(cap, base * (2**attempt)))
-
-
 def check_joinable(options: UnitOptions, outer: UnitOptions) -> None:
     """Raise if a unit with *options* cannot share the transaction begun with *outer*."""
     level = options.isolation_level
     if level is not None and level != outer.isolation_level:
-        from .exceptions import IsolationLevelConflict
-
         have = outer.isolation_level or "the engine's default"
         raise IsolationLevelConflict(
             f"this unit asks for isolation_level={level!r}, but it joins a "

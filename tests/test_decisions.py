@@ -1,0 +1,204 @@
+"""The decisions of a unit, as plain functions: tables, no database, no I/O."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import psycopg.errors
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
+
+import uow
+from tests.conftest import Item
+from uow._decisions import (
+    Action,
+    EndPlan,
+    EndResult,
+    backoff_delay,
+    body_outcome,
+    end_plan,
+    end_result,
+    entering,
+    hooks_to_run,
+    is_transient,
+    to_raise,
+)
+from uow._options import UnitOptions, make_options
+from uow._transaction import Binding, Boundary, Hook, Status, Transaction
+
+P = uow.Propagation
+
+
+@pytest.fixture
+def binding() -> Binding:
+    """A binding whose engine is never connected: these tests do no I/O."""
+    return Binding(sessionmaker(create_engine("sqlite://")), name="t", transient=(), retry_backoff=(0, 0))
+
+
+def boundary(binding: Binding, **options: object) -> Boundary:
+    return Boundary(Transaction(binding, make_options(**options), driven_async=False))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("propagation", "in_unit", "action"),
+    [
+        (P.REQUIRED, False, Action.BEGIN),
+        (P.REQUIRED, True, Action.JOIN),
+        (P.REQUIRES_NEW, False, Action.BEGIN),
+        (P.REQUIRES_NEW, True, Action.BEGIN),
+        (P.NESTED, False, Action.BEGIN),
+        (P.NESTED, True, Action.SAVEPOINT),
+        (P.MANDATORY, True, Action.JOIN),
+        (P.SUPPORTS, False, Action.NONE),
+        (P.SUPPORTS, True, Action.JOIN),
+        (P.NOT_SUPPORTED, False, Action.NONE),
+        (P.NOT_SUPPORTED, True, Action.SUSPEND),
+        (P.NEVER, False, Action.NONE),
+    ],
+)
+def test_entering(propagation: uow.Propagation, in_unit: bool, action: Action) -> None:
+    assert entering(UnitOptions(propagation=propagation), in_unit) is action
+
+
+@pytest.mark.parametrize(
+    ("options", "in_unit"),
+    [
+        (UnitOptions(propagation=P.MANDATORY), False),
+        (UnitOptions(propagation=P.NEVER), True),
+        (UnitOptions(durable=True), True),
+        (UnitOptions(retry=2), True),  # REQUIRED would join: a joined unit cannot be re-run
+    ],
+)
+def test_entering_refuses(options: UnitOptions, in_unit: bool) -> None:
+    with pytest.raises(uow.PropagationError):
+        entering(options, in_unit)
+
+
+class Kept(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("exc", "outcome"),
+    [
+        (None, "commit"),
+        (ValueError("x"), "rollback"),
+        (Kept(), "commit"),  # listed in no_rollback_on
+        (KeyboardInterrupt(), "rollback"),  # a BaseException always rolls back
+    ],
+)
+def test_body_outcome(exc: BaseException | None, outcome: str) -> None:
+    assert body_outcome(UnitOptions(no_rollback_on=(Kept,)), exc) == outcome
+
+
+def test_end_plan(binding: Binding) -> None:
+    b = boundary(binding)
+    assert end_plan(b, b.tx.options, "commit") == EndPlan(True, None)
+    assert end_plan(b, b.tx.options, "rollback") == EndPlan(False, None)
+    cause = ValueError("inner")
+    b.mark_rollback_only(cause)
+    plan = end_plan(b, b.tx.options, "commit")
+    assert not plan.commit and isinstance(plan.error, uow.UnexpectedRollback)
+    assert plan.error.__cause__ is cause
+    assert end_plan(b, b.tx.options, "rollback") == EndPlan(False, None)  # the body's error wins
+
+
+def test_end_plan_of_a_read_only_unit_with_writes(binding: Binding) -> None:
+    b = boundary(binding, read_only=True)
+    assert end_plan(b, b.tx.options, "commit") == EndPlan(True, None)  # no session yet: nothing to check
+    session = b.tx.get_session()
+    session.add(Item(name="x"))
+    plan = end_plan(b, b.tx.options, "commit")
+    assert not plan.commit and isinstance(plan.error, uow.ReadOnlyViolation)
+    session.close()
+
+
+@pytest.mark.parametrize(
+    ("plan", "body", "io", "result"),
+    [
+        (EndPlan(True, None), None, None, (True, None)),
+        (EndPlan(False, None), ValueError(), None, (False, None)),
+        (EndPlan(True, None), None, "io", (False, "io")),  # a failed COMMIT is the error
+        (EndPlan(False, None), ValueError(), "io", (False, None)),  # a failed rollback is only logged
+        (EndPlan(False, "plan"), None, "io", (False, "plan")),
+    ],
+)
+def test_end_result(plan: EndPlan, body: BaseException | None, io: str | None, result: tuple[bool, str | None]) -> None:
+    errors = {"io": OSError("io"), "plan": uow.UnexpectedRollback("plan")}
+    plan = EndPlan(plan.commit, errors.get(plan.error) if isinstance(plan.error, str) else None)
+    got = end_result(plan, body, errors.get(io) if io else None)
+    want = EndResult(result[0], errors.get(result[1]) if result[1] else None)
+    assert got == want
+
+
+def test_hooks_to_run(binding: Binding) -> None:
+    b = boundary(binding)
+    on_commit, on_rollback = Hook(print, False, False), Hook(repr, False, False)
+    b.commit_hooks.append(on_commit)
+    b.rollback_hooks.append(on_rollback)
+    assert hooks_to_run(b, committed=True, savepoint=False) == [on_commit]
+    assert hooks_to_run(b, committed=False, savepoint=False) == [on_rollback]
+    assert hooks_to_run(b, committed=True, savepoint=True) == []  # they wait for the outer commit
+    assert hooks_to_run(b, committed=False, savepoint=True) == [on_rollback]
+    binding.hook_sink = sink = []
+    assert hooks_to_run(b, committed=True, savepoint=False) == []
+    assert sink == [on_commit]  # captured for the test instead
+
+
+def test_to_raise() -> None:
+    body, own, hook = ValueError("body"), uow.UnexpectedRollback("own"), uow.HookError("hook")
+    assert to_raise(None, None, None) is None
+    assert to_raise(body, None, None) is None  # the body's exception propagates as is
+    assert to_raise(body, own, hook) is own
+    assert to_raise(None, None, hook) is hook
+    assert to_raise(body, None, hook) is None  # the body's error wins; the hook's is noted on it
+
+
+def test_transaction_status_moves_only_forward(binding: Binding) -> None:
+    tx = Transaction(binding, UnitOptions(), driven_async=False)
+    assert (tx.status, tx.ended, tx.closed, tx.committed) == (Status.ACTIVE, False, False, None)
+    tx.begin_end()
+    assert (tx.status, tx.ended, tx.closed, tx.committed) == (Status.ENDING, True, False, None)
+    tx.finish(committed=True)
+    assert (tx.status, tx.ended, tx.closed, tx.committed) == (Status.COMMITTED, True, True, True)
+    with pytest.raises(RuntimeError):
+        tx.begin_end()
+    with pytest.raises(RuntimeError):
+        tx.finish(committed=False)
+
+
+def _sqlite_error(code: int, message: str) -> OperationalError:
+    orig = sqlite3.OperationalError(message)
+    orig.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return OperationalError("SELECT 1", {}, orig)
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (OperationalError("x", {}, psycopg.errors.SerializationFailure("40001")), True),
+        (OperationalError("x", {}, psycopg.errors.DeadlockDetected("40P01")), True),
+        (OperationalError("x", {}, psycopg.errors.UniqueViolation("23505")), False),
+        (_sqlite_error(5, "database is locked"), True),  # SQLITE_BUSY
+        (_sqlite_error(262, "database table is locked"), True),  # SQLITE_LOCKED_SHAREDCACHE
+        (_sqlite_error(19, "UNIQUE constraint failed"), False),
+        (ValueError("not a database error"), False),
+    ],
+)
+def test_is_transient(error: BaseException, transient: bool) -> None:
+    assert is_transient(error) is transient
+
+
+def test_is_transient_follows_causes_and_extra_predicates() -> None:
+    wrapped = RuntimeError("wrapper")
+    wrapped.__cause__ = OperationalError("x", {}, psycopg.errors.SerializationFailure("40001"))
+    assert is_transient(wrapped)
+    assert is_transient(ValueError("retry me"), (lambda e: "retry" in str(e),))
+
+
+def test_backoff_delay_is_full_jitter_under_the_cap() -> None:
+    delays = [backoff_delay(attempt, 0.01, 0.05) for attempt in range(8) for _ in range(50)]
+    assert all(0 <= d <= 0.05 for d in delays)
+    assert max(backoff_delay(0, 0.01, 1.0) for _ in range(200)) <= 0.01

@@ -1,0 +1,556 @@
+"""The state of units: what they bind to, a transaction (one session), and its boundaries.
+
+- :class:`Binding` — a session factory and the current boundary of each
+  context (the core of ``UnitOfWorkManager``);
+- :class:`Transaction` — one session and its outermost transaction, shared by
+  every unit joined to it; its :class:`Status` changes only through its methods;
+- :class:`Boundary` — where a transaction can end: the outermost unit, or a
+  SAVEPOINT inside it, with the hooks registered under it.
+
+Joined units have no object of their own: they mark their boundary
+rollback-only when they fail, and their hooks go to the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar
+from time import perf_counter
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypeVar
+
+import anyio
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+
+from ._compat import AsyncEngine, async_sessionmaker
+from ._detect import is_async_callable
+from ._options import UnitOptions
+from ._threads import running_asyncio
+from .exceptions import (
+    BlockingSessionUse,
+    InvalidOptionError,
+    NoActiveUnitOfWork,
+    ReadOnlyViolation,
+    SavepointConflict,
+    SessionEnded,
+    SessionKindError,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+__all__ = ["Binding", "Boundary", "Hook", "Status", "Transaction", "live", "serial_tx"]
+
+logger = logging.getLogger("uow")
+P = ParamSpec("P")
+T = TypeVar("T")
+TransientPredicate = Callable[[BaseException], bool]
+_create_lock = threading.Lock()
+
+NO_UNIT = (
+    "no unit of work is open here. Wrap the code in @uow.transactional or "
+    "`with uow.unit_of_work():` (`async with` in async code); in a Starlette or "
+    "FastAPI app add uow.starlette.UnitOfWorkMiddleware. A thread started without "
+    "the caller's context (threading.Thread, an executor's submit) does not see "
+    "the caller's unit: call it with `await uow.run_sync(fn)`"
+)
+ENDED = (
+    "this unit of work has already ended (a request's unit ends when its response "
+    "starts), so its session is closed. Open a unit of your own for this work: "
+    "`with uow.unit_of_work():` or @uow.transactional (in a background task, use "
+    "uow.starlette.BackgroundTask, which opens one)"
+)
+#: the key of ``Session.info`` under which a unit's session finds its transaction
+TX_KEY = "uow.transaction"
+
+
+class Hook(NamedTuple):
+    fn: Callable[[], Any]
+    robust: bool
+    is_async: bool
+
+
+class Binding:
+    """What units bind to: a session factory, and the current boundary of each context."""
+
+    def __init__(
+        self,
+        factory: sessionmaker[Any] | async_sessionmaker[Any],
+        *,
+        name: str | None,
+        transient: tuple[TransientPredicate, ...],
+        retry_backoff: tuple[float, float],
+    ) -> None:
+        self.session_factory: sessionmaker[Any] | async_sessionmaker[Any] = factory
+        #: True when the factory makes ``AsyncSession`` objects
+        self.is_async: bool = isinstance(factory, async_sessionmaker)
+        engine = factory.kw.get("bind")
+        if isinstance(engine, AsyncEngine):
+            engine = engine.sync_engine
+        self.engine: Engine | None = engine if isinstance(engine, Engine) else None
+        self.dialect_name: str | None = self.engine.dialect.name if self.engine is not None else None
+        #: names the database in errors and log records
+        self.name: str = name or (
+            self.engine.url.render_as_string(hide_password=True) if self.engine is not None else repr(factory)
+        )
+        self.transient = transient
+        self.retry_backoff = retry_backoff
+        self.current: ContextVar[Boundary | None] = ContextVar(f"uow_unit_{id(self):x}", default=None)
+        #: set by uow.testing: commit hooks are captured here instead of run
+        self.hook_sink: list[Hook] | None = None
+        #: set by uow.testing: sessions run inside a test's outer transaction
+        self.external_transaction = False
+        _guard_sessions_of(factory)
+
+    def in_unit(self) -> bool:
+        """Return True if a unit of this manager is open in the caller's context."""
+        return live(self.current.get()) is not None
+
+    def current_session(self) -> Any:
+        """Return the session of the innermost open unit; raise :class:`NoActiveUnitOfWork`."""
+        boundary = self.current.get()
+        if boundary is None:
+            raise NoActiveUnitOfWork(NO_UNIT)
+        tx = boundary.tx
+        session = tx.get_session()
+        if tx.innermost is not boundary:
+            tx.check_boundary(boundary)
+        return session
+
+    def on_commit(
+        self,
+        fn: Callable[[], Any],
+        *,
+        robust: bool = False,
+        when_no_unit: Literal["raise", "run"] = "raise",
+    ) -> None:
+        """Run *fn* after the outermost transaction commits (first in, first out).
+
+        Dropped if the unit, or the savepoint it was registered in, rolls
+        back. Runs after the connection is back in the pool, outside the
+        unit. A failing hook cannot undo the commit: the other hooks still
+        run, then :class:`HookError` is raised, or with ``robust=True`` the
+        failure is logged on the ``uow`` logger. Outside any unit this raises
+        :class:`NoActiveUnitOfWork`, unless ``when_no_unit="run"``, which
+        calls sync *fn* at once.
+        """
+        self._register(fn, robust, when_no_unit, commit=True)
+
+    def on_rollback(
+        self,
+        fn: Callable[[], Any],
+        *,
+        robust: bool = False,
+        when_no_unit: Literal["raise", "ignore"] = "raise",
+    ) -> None:
+        """Run *fn* after the unit (or the savepoint it was registered in) rolls back.
+
+        The mirror of :meth:`on_commit`: dropped when the work commits.
+        Outside any unit this raises, unless ``when_no_unit="ignore"``.
+        """
+        self._register(fn, robust, when_no_unit, commit=False)
+
+    def _register(self, fn: Callable[[], Any], robust: bool, when_no_unit: str, commit: bool) -> None:
+        if not callable(fn):
+            raise InvalidOptionError(f"hook {fn!r} is not callable")
+        if not isinstance(robust, bool):
+            raise InvalidOptionError(f"robust={robust!r} must be True or False")
+        allowed = ("raise", "run") if commit else ("raise", "ignore")
+        if when_no_unit not in allowed:
+            raise InvalidOptionError(f"when_no_unit={when_no_unit!r} must be one of {allowed}")
+        is_async = is_async_callable(fn)
+        boundary = live(self.current.get())
+        if boundary is None:
+            if when_no_unit == "raise":
+                kind = "on_commit" if commit else "on_rollback"
+                raise NoActiveUnitOfWork(
+                    f"{kind}() was called with no unit of work open, so there is "
+                    f"no transaction to wait for. {NO_UNIT}. To run the callable "
+                    "at once when no unit is open, pass "
+                    + ('when_no_unit="run"' if commit else 'when_no_unit="ignore"')
+                )
+            if when_no_unit == "run":
+                if is_async:
+                    raise SessionKindError(
+                        "when_no_unit='run' cannot run an async callable from sync code; await it yourself"
+                    )
+                fn()
+            return
+        if is_async and not boundary.tx.driven_async:
+            raise SessionKindError(
+                f"async hook {fn!r} registered in a unit that ends in sync code, "
+                "where it cannot be awaited; register a sync callable, or open the "
+                "outermost unit with async def / async with"
+            )
+        hook = Hook(fn, robust, is_async)
+        (boundary.commit_hooks if commit else boundary.rollback_hooks).append(hook)
+
+
+class Status(enum.Enum):
+    """Where a transaction is in its life; it only moves forward."""
+
+    ACTIVE = "active"  # its units run; the session is made on first use
+    ENDING = "ending"  # its end began: the session is off limits to uow.session
+    COMMITTED = "committed"  # ended, and committed: the session is closed
+    ROLLED_BACK = "rolled back"  # ended, and rolled back: the session is closed
+
+
+class Transaction:
+    """One session and its outermost transaction, shared by every unit joined to it.
+
+    The session is made on first use, so a unit that never touches the
+    database costs no session and no connection.
+    """
+
+    __slots__ = (
+        "_lock",
+        "_status",
+        "_thread_lock",
+        "binding",
+        "connected",
+        "driven_async",
+        "ended",
+        "innermost",
+        "loop_thread",
+        "options",
+        "outer",
+        "session",
+    )
+
+    def __init__(
+        self,
+        binding: Binding,
+        options: UnitOptions,
+        driven_async: bool,
+        outer: Transaction | None = None,
+    ) -> None:
+        self.binding = binding
+        self.options = options
+        self.session: Session | AsyncSession | None = None
+        #: True when the outermost unit is finished with ``await`` (async def / async with)
+        self.driven_async = driven_async
+        #: the thread running the event loop of an async-driven unit (None for a sync one)
+        self.loop_thread = threading.get_ident() if driven_async else None
+        #: the transaction this one suspended (REQUIRES_NEW), None for the first of a context
+        self.outer = outer
+        #: the innermost open boundary: the root, or the last SAVEPOINT begun and not ended
+        self.innermost: Boundary | None = None
+        #: set when the session checks out a connection (SessionEvents.after_begin)
+        self.connected = False
+        self._status = Status.ACTIVE
+        #: True once the end began: ``uow.session`` no longer hands out the session (set by the
+        #: methods below, like the status; a plain attribute because every request reads it)
+        self.ended = False
+        self._lock: anyio.Lock | asyncio.Lock | None = None
+        self._thread_lock: threading.RLock | None = None
+
+    # --- status: changed only here -------------------------------------------
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    @property
+    def closed(self) -> bool:
+        """True once the session is closed: any use of it is refused."""
+        return self._status is Status.COMMITTED or self._status is Status.ROLLED_BACK
+
+    @property
+    def committed(self) -> bool | None:
+        """The outcome once known: True committed, False rolled back, None still running."""
+        status = self._status
+        if status is Status.COMMITTED:
+            return True
+        if status is Status.ROLLED_BACK:
+            return False
+        return None
+
+    def begin_end(self) -> None:
+        """Mark the start of the end: the session is off limits from now on."""
+        if self._status is not Status.ACTIVE:
+            raise RuntimeError(f"a transaction that is {self._status.value} cannot begin to end")
+        self._status = Status.ENDING
+        self.ended = True
+
+    def finish(self, committed: bool) -> None:
+        """Record the outcome once the session is closed."""
+        if self._status is Status.COMMITTED or self._status is Status.ROLLED_BACK:
+            raise RuntimeError(f"a transaction that is {self._status.value} cannot finish again")
+        self._status = Status.COMMITTED if committed else Status.ROLLED_BACK
+        self.ended = True
+
+    def mark_connected(self) -> None:
+        self.connected = True
+
+    # --- the session ------------------------------------------------------------
+
+    def get_session(self) -> Session | AsyncSession:
+        """Return the session, making it on first use."""
+        session = self.session
+        if self.ended:
+            raise SessionEnded(ENDED)
+        if session is None:
+            with _create_lock:
+                session = self.session
+                if session is None:
+                    session = self.binding.session_factory()
+                    _sync_session(session).info[TX_KEY] = self
+                    self.session = session
+        loop_thread = self.loop_thread
+        if loop_thread is not None and self.binding.is_async and threading.get_ident() != loop_thread:
+            raise SessionKindError(
+                "this unit's session is an AsyncSession, which only the event loop can "
+                "drive; a worker thread (uow.run_sync, asyncio.to_thread) cannot use it. "
+                "Await it in the async code itself, or run sync code on it with "
+                "`await uow.session.run_sync(fn)` (fn gets a sync Session)"
+            )
+        return session
+
+    def start_options(self) -> dict[str, Any]:
+        """Return the execution options the first connection needs ({} if none)."""
+        options = self.options
+        opts: dict[str, Any] = {}
+        if options.isolation_level is not None:
+            opts["isolation_level"] = options.isolation_level
+        if options.read_only and self.binding.dialect_name == "postgresql":
+            opts["postgresql_readonly"] = True
+        if opts and self.binding.external_transaction:
+            # inside a test's outer transaction the connection is already
+            # begun: its isolation and read-only mode cannot change
+            return {}
+        return opts
+
+    def needs_io_to_end(self) -> bool:
+        """Return True if ending the session may touch the database."""
+        session = self.session
+        if session is None:
+            return False
+        sync = _sync_session(session)
+        return self.connected or bool(sync.new or sync.deleted or sync.dirty)
+
+    def check_boundary(self, boundary: Boundary) -> None:
+        """Refuse session work from *boundary* while a SAVEPOINT it does not enclose is open.
+
+        Two tasks of one transaction (``asyncio.gather``) each in a savepoint of
+        their own would interleave: rolling one back would silently discard the
+        other's writes.
+        """
+        innermost = self.innermost
+        if innermost is not None and innermost is not boundary:
+            raise SavepointConflict(
+                "another task's savepoint (propagation=NESTED) of this transaction is "
+                "open, so this work would land inside it and share its fate. Run "
+                "savepoints of one transaction one after another (await each), or give "
+                "concurrent work transactions of its own with propagation=REQUIRES_NEW"
+            )
+
+    # --- locks: one task, and one thread, at a time ----------------------------
+
+    def async_lock(self) -> anyio.Lock | asyncio.Lock:
+        """Return the lock that serializes the tasks doing thread work on this (sync) session.
+
+        On asyncio it is asyncio's own lock (anyio's costs a backend lookup per
+        lock, one per request); on other backends, anyio's.
+        """
+        lock = self._lock
+        if lock is None:
+            lock = self._lock = asyncio.Lock() if running_asyncio() else anyio.Lock()
+        return lock
+
+    def lock_is_free(self) -> bool:
+        """Return True if no task is doing thread work on the session (no lock made, or unlocked)."""
+        lock = self._lock
+        return lock is None or not lock.locked()
+
+    def thread_lock(self) -> threading.RLock:
+        """Return the lock a worker thread holds while it uses this (sync) session."""
+        lock = self._thread_lock
+        if lock is None:
+            with _create_lock:
+                lock = self._thread_lock
+                if lock is None:
+                    lock = self._thread_lock = threading.RLock()
+        return lock
+
+    def locked(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        """Call *fn* holding :meth:`thread_lock` (worker threads use the session one at a time)."""
+        with self.thread_lock():
+            return fn(*args, **kwargs)
+
+
+#: the innermost async-driven transaction whose session is sync; run_sync serializes on it
+serial_tx: ContextVar[Transaction | None] = ContextVar("uow_serial_tx", default=None)
+
+
+class Boundary:
+    """Where a transaction can end: the outermost unit, or a SAVEPOINT inside it."""
+
+    __slots__ = (
+        "attempt",
+        "commit_hooks",
+        "parent",
+        "rollback_cause",
+        "rollback_hooks",
+        "rollback_only",
+        "savepoint",
+        "started",
+        "tx",
+    )
+
+    def __init__(self, tx: Transaction, parent: Boundary | None = None) -> None:
+        self.tx = tx
+        #: perf_counter() at the start when the ``uow`` logger is at DEBUG, else 0
+        self.started = perf_counter() if logger.isEnabledFor(logging.DEBUG) else 0.0
+        self.parent = parent
+        self.savepoint: Any = None
+        self.rollback_only = False
+        self.rollback_cause: BaseException | None = None
+        self.commit_hooks: list[Hook] = []
+        self.rollback_hooks: list[Hook] = []
+        #: earlier runs of this unit by a retrying decorator (0: the first run)
+        self.attempt = 0
+        if parent is None:
+            tx.innermost = self
+
+    def is_bare(self) -> bool:
+        """Return True if ending this boundary has nothing to run, refuse or log beyond its session."""
+        return not (self.commit_hooks or self.rollback_hooks or self.rollback_only or self.started)
+
+    def mark_rollback_only(self, cause: BaseException) -> None:
+        if not self.rollback_only:
+            self.rollback_only = True
+            self.rollback_cause = cause
+
+    def open_savepoint(self, savepoint: Any) -> None:
+        """Record the SAVEPOINT this (child) boundary began: it is now the innermost."""
+        self.savepoint = savepoint
+        self.tx.innermost = self
+
+    def close_savepoint(self) -> None:
+        """The savepoint begins to end: its parent is the innermost again."""
+        self.tx.innermost = self.parent
+
+    def merge_into_parent(self) -> None:
+        """Hand this savepoint's hooks to the enclosing boundary (the savepoint was released)."""
+        parent = self.parent
+        assert parent is not None
+        parent.commit_hooks.extend(self.commit_hooks)
+        parent.rollback_hooks.extend(self.rollback_hooks)
+
+
+def live(boundary: Boundary | None) -> Boundary | None:
+    """Return *boundary* if it is open, None if there is none or it has ended.
+
+    A savepoint whose transaction ended under it (the outer unit ended while
+    another task was still inside the savepoint's block) is an error: work
+    there must not slip into a new transaction of its own.
+    """
+    if boundary is None:
+        return None
+    if boundary.tx.ended:
+        if boundary.parent is not None:
+            raise SessionEnded(ENDED)
+        return None
+    return boundary
+
+
+def has_pending_writes(session: Session | AsyncSession | None) -> bool:
+    if session is None:
+        return False
+    sync = _sync_session(session)
+    return bool(sync.new or sync.deleted or any(sync.is_modified(o) for o in sync.dirty))
+
+
+def _sync_session(session: Session | AsyncSession) -> Session:
+    return session if isinstance(session, Session) else session.sync_session
+
+
+def log_end(boundary: Boundary, committed: bool, savepoint: bool) -> None:
+    """Write the one DEBUG record of a unit that ended (only when DEBUG is on)."""
+    duration = perf_counter() - boundary.started
+    propagation = "NESTED" if savepoint else boundary.tx.options.propagation.name
+    logger.debug(
+        "uow: %s %s in %.3f ms (propagation=%s, retries=%d)",
+        "savepoint" if savepoint else "unit",
+        ("released" if savepoint else "committed") if committed else "rolled back",
+        duration * 1000,
+        propagation,
+        boundary.attempt,
+        extra={
+            "uow_outcome": "commit" if committed else "rollback",
+            "uow_savepoint": savepoint,
+            "uow_duration": duration,
+            "uow_propagation": propagation,
+            "uow_retries": boundary.attempt,
+        },
+    )
+
+
+# --- the session listeners: installed once per factory, they cost nothing per session ---------
+
+
+def _check_use(session: Session) -> None:
+    """Refuse I/O on a unit's session that its unit no longer allows."""
+    tx = session.info.get(TX_KEY)
+    if tx is None:
+        return
+    if tx.closed:
+        raise SessionEnded(ENDED)
+    if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
+        raise BlockingSessionUse(
+            "a sync session was used on the event loop thread, where its query would "
+            "block every other request. Use it from a `def` endpoint or dependency "
+            "(they run in the threadpool), run the work with `await uow.run_sync(fn)`, "
+            "or configure uow with an AsyncEngine"
+        )
+    boundary = tx.binding.current.get()
+    if boundary is not None and boundary.tx is tx:
+        tx.check_boundary(boundary)
+
+
+def _before_flush(session: Session, _flush_context: Any, _instances: Any) -> None:
+    _check_use(session)
+    tx = session.info.get(TX_KEY)
+    if tx is not None and tx.options.read_only and has_pending_writes(session):
+        raise ReadOnlyViolation(
+            "this unit is read_only=True, but the session was asked to flush "
+            "changes; open a read-write unit for writes, or expunge the objects"
+        )
+
+
+def _do_orm_execute(state: ORMExecuteState) -> None:
+    _check_use(state.session)
+
+
+def _after_begin(session: Session, _transaction: Any, _connection: Any) -> None:
+    tx = session.info.get(TX_KEY)
+    if tx is not None:
+        tx.mark_connected()
+
+
+def _install_guards(target: Any) -> None:
+    for name, fn in (
+        ("before_flush", _before_flush),
+        ("do_orm_execute", _do_orm_execute),
+        ("after_begin", _after_begin),
+    ):
+        if not event.contains(target, name, fn):
+            event.listen(target, name, fn)
+
+
+def _guard_sessions_of(factory: sessionmaker[Any] | async_sessionmaker[Any]) -> None:
+    """Install uow's session listeners on the sessions *factory* makes, and only on those."""
+    if isinstance(factory, sessionmaker):
+        _install_guards(factory)  # SQLAlchemy listens on the factory's own Session subclass
+        return
+    sync_class = factory.kw.get("sync_session_class", Session)
+    if not sync_class.__dict__.get("_uow_guarded", False):
+        # a subclass of its own, so that listening never reaches other factories' sessions
+        sync_class = type(sync_class.__name__, (sync_class,), {"_uow_guarded": True})
+        factory.configure(sync_session_class=sync_class)
+    _install_guards(sync_class)
