@@ -252,7 +252,7 @@ def depends_get_db(engine: Engine) -> ASGIApp:
 
 
 def fastapi_sqlalchemy(engine: Engine) -> ASGIApp:
-    from fastapi_sqlalchemy import DBSessionMiddleware, db  # type: ignore[import-untyped]
+    from fastapi_sqlalchemy import DBSessionMiddleware, db
 
     app = FastAPI()
     app.add_middleware(DBSessionMiddleware, custom_engine=engine, session_args={"expire_on_commit": False})

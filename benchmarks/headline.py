@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--url", default=os.environ.get("UOW_BENCH_POSTGRES_URL") or os.environ.get("UOW_TEST_POSTGRES_URL")
     )
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--smoke", action="store_true", help="two patterns, one short round")
     parser.add_argument("--page", type=Path, help="also write the results as a Markdown page here")
     args = parser.parse_args(argv)

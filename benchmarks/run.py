@@ -225,7 +225,7 @@ def available_patterns() -> list[str]:
     for name in apps.PATTERNS:
         if name == "fastapi-sqlalchemy":
             try:
-                import fastapi_sqlalchemy  # type: ignore[import-untyped]  # noqa: F401
+                import fastapi_sqlalchemy  # noqa: F401
             except ImportError:
                 continue
         if name.startswith("advanced-alchemy"):

@@ -94,7 +94,7 @@ def make_engine(backend: str, tmp_path: Path, **kw: object) -> Engine:
         kw.setdefault("connect_args", {"timeout": 5})
     else:
         url = _require_pg()
-    engine = create_engine(url, **kw)  # type: ignore[arg-type]
+    engine = create_engine(url, **kw)
     uow.enable_sqlite_savepoints(engine)
     Base.metadata.drop_all(engine)
     Base.metadata.create_all(engine)
@@ -122,9 +122,7 @@ async def async_engine(backend: str, tmp_path: Path) -> AsyncIterator[AsyncEngin
     sync = make_engine(backend, tmp_path)
     sync.dispose()
     url = (
-        f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-        if backend == "sqlite"
-        else async_pg_url(_require_pg())
+        f"sqlite+aiosqlite:///{tmp_path / 'test.db'}" if backend == "sqlite" else async_pg_url(_require_pg())
     )
     eng = create_async_engine(url)
     yield eng
@@ -181,17 +179,6 @@ ANYIO_BACKENDS = ("asyncio", "trio")
 
 #: Run a ``@pytest.mark.anyio`` test on asyncio and on trio.
 asyncio_and_trio = pytest.mark.parametrize("anyio_backend", ANYIO_BACKENDS)
-
-
-def asyncio_and_trio_xfail(reason: str, raises: type[BaseException]) -> pytest.MarkDecorator:
-    """``asyncio_and_trio`` for a test that fails on trio because of uow itself.
-
-    The trio case still runs, as a strict expected failure: it turns into a
-    failure the day uow is fixed, to be replaced by ``asyncio_and_trio``.
-    *reason* names the library code at fault.
-    """
-    xfail = pytest.mark.xfail(strict=True, raises=raises, reason=reason)
-    return pytest.mark.parametrize("anyio_backend", ["asyncio", pytest.param("trio", marks=xfail)])
 
 
 @pytest.fixture

@@ -75,8 +75,9 @@ class Cluster:
 
     def init(self, *settings: str) -> None:
         """Create the data directory, with *settings* (``name = value`` lines) appended."""
-        self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                  "--no-sync")
+        self._run(
+            "initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"
+        )
         lines = [
             f"port = {self.port}",
             "listen_addresses = '127.0.0.1'",
@@ -103,8 +104,21 @@ class Cluster:
         return self
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        out = self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-                        "-v", "ON_ERROR_STOP=1", "-qtAc", sql)
+        out = self._run(
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qtAc",
+            sql,
+        )
         return out.stdout.strip()
 
     def stop(self, *, remove: bool = True) -> None:

@@ -44,7 +44,11 @@ def test_unit_costs_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     (result,) = json.loads(capsys.readouterr().out)
     groups = result["median_us"]
     assert set(groups["unit kinds"]) == {"by hand (commits)", "read-write unit", "read-only unit"}
-    assert set(groups["no-DB request"]) == {"no middleware", "send-wrapping middleware (floor)", "UnitOfWorkMiddleware"}
+    assert set(groups["no-DB request"]) == {
+        "no middleware",
+        "send-wrapping middleware (floor)",
+        "UnitOfWorkMiddleware",
+    }
     assert all(v > 0 for group in groups.values() for v in group.values())
     assert "## hand-off" in page.read_text()
 

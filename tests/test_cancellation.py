@@ -39,17 +39,15 @@ WAYS = ["task", "scope", "deadline"]
 PATHS = ["run_sync", "async_session"]
 
 
-def matrix(ways: list[str], trio_xfail: pytest.MarkDecorator | None = None) -> pytest.MarkDecorator:
+def matrix(ways: list[str]) -> pytest.MarkDecorator:
     """Parametrize ``anyio_backend``, ``target`` (its path) and ``way`` with the cases that exist.
 
     asyncio runs every path and way; trio runs the sync engine's path (the
     ``AsyncSession`` drivers are asyncio's) cancelled by anyio's scopes
-    (``Task.cancel()`` is asyncio's). *trio_xfail*: a strict ``xfail`` mark for
-    the trio cases, when they fail because of uow itself.
+    (``Task.cancel()`` is asyncio's).
     """
-    trio_marks = [trio_xfail] if trio_xfail else []
     cases = [
-        pytest.param(loop, path, way, id=f"{path}-{way}-{loop}", marks=trio_marks if loop == "trio" else [])
+        pytest.param(loop, path, way, id=f"{path}-{way}-{loop}")
         for loop in ANYIO_BACKENDS
         for path in PATHS
         for way in ways
@@ -462,18 +460,7 @@ async def test_cancelled_savepoint_rolls_back_and_the_outer_unit_goes_on(target:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("moment", ["after", "commit"])
-@matrix(
-    WAYS,
-    trio_xfail=pytest.mark.xfail(
-        strict=True,
-        raises=(uow.HookError, AssertionError),
-        reason="uow/_async.py:295 runs a sync hook with anyio.to_thread.run_sync(hook.fn); trio refuses "
-        "a function that returns a coroutine (TypeError: 'Trio expected a sync function'), so the "
-        "`lambda: async_hook(...)` hooks never run: after the COMMIT uow raises HookError; after the "
-        "rollback the failure is only noted on trio's Cancelled, which the cancel scope swallows, so "
-        "the hook is silently missing from `ran`",
-    ),
-)
+@matrix(WAYS)
 async def test_hooks_of_the_outcome_run_when_cancelled(target: Target, way: str, moment: str) -> None:
     """Cancelled before COMMIT: on_rollback hooks run. Cancelled during COMMIT: on_commit hooks run."""
     ran: list[str] = []

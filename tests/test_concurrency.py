@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -394,9 +394,12 @@ async def test_finisher_threads_bound_how_many_sessions_end_at_once(
 
     counts: list[int] = []
 
+    def count_items() -> int:
+        return cast(int, uow.session.scalar(select(func.count(Item.id))))
+
     @uow.transactional
     async def read() -> None:  # readers: SQLite lets their transactions overlap
-        counts.append(int(await uow.run_sync(lambda: uow.session.scalar(select(func.count(Item.id))))))
+        counts.append(int(await uow.run_sync(count_items)))
 
     uow.set_finisher_threads(2)
     event.listen(engine, "commit", slow_commit)

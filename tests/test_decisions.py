@@ -118,31 +118,44 @@ def test_end_plan_of_a_read_only_unit_with_writes(binding: Binding) -> None:
 @pytest.mark.parametrize(
     ("plan", "body", "io", "result"),
     [
-        (EndPlan(True, None), None, None, (True, None)),
-        (EndPlan(False, None), ValueError(), None, (False, None)),
-        (EndPlan(True, None), None, "io", (False, "io")),  # a failed COMMIT is the error
-        (EndPlan(False, None), ValueError(), "io", (False, None)),  # a failed rollback is only logged
-        (EndPlan(False, "plan"), None, "io", (False, "plan")),
+        ((True, None), None, None, (True, None)),
+        ((False, None), ValueError(), None, (False, None)),
+        ((True, None), None, "io", (False, "io")),  # a failed COMMIT is the error
+        ((False, None), ValueError(), "io", (False, None)),  # a failed rollback is only logged
+        ((False, "plan"), None, "io", (False, "plan")),
     ],
 )
-def test_end_result(plan: EndPlan, body: BaseException | None, io: str | None, result: tuple[bool, str | None]) -> None:
+def test_end_result(
+    plan: tuple[bool, str | None],
+    body: BaseException | None,
+    io: str | None,
+    result: tuple[bool, str | None],
+) -> None:
     errors = {"io": OSError("io"), "plan": uow.UnexpectedRollback("plan")}
-    plan = EndPlan(plan.commit, errors.get(plan.error) if isinstance(plan.error, str) else None)
-    got = end_result(plan, body, errors.get(io) if io else None)
+    end = EndPlan(plan[0], errors.get(plan[1]) if plan[1] else None)
+    got = end_result(end, body, errors.get(io) if io else None)
     want = EndResult(result[0], errors.get(result[1]) if result[1] else None)
     assert got == want
 
 
 def test_hooks_to_run(binding: Binding) -> None:
     b = boundary(binding)
-    on_commit, on_rollback = Hook(print, False, False), Hook(repr, False, False)
+
+    def commit_fn() -> None:
+        pass
+
+    def rollback_fn() -> None:
+        pass
+
+    on_commit, on_rollback = Hook(commit_fn, False, False), Hook(rollback_fn, False, False)
     b.commit_hooks.append(on_commit)
     b.rollback_hooks.append(on_rollback)
     assert hooks_to_run(b, committed=True, savepoint=False) == [on_commit]
     assert hooks_to_run(b, committed=False, savepoint=False) == [on_rollback]
     assert hooks_to_run(b, committed=True, savepoint=True) == []  # they wait for the outer commit
     assert hooks_to_run(b, committed=False, savepoint=True) == [on_rollback]
-    binding.hook_sink = sink = []
+    sink: list[Hook] = []
+    binding.hook_sink = sink
     assert hooks_to_run(b, committed=True, savepoint=False) == []
     assert sink == [on_commit]  # captured for the test instead
 

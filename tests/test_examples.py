@@ -242,7 +242,7 @@ FAQ = [
 
 
 def run(result: object) -> object:
-    return asyncio.run(result) if asyncio.iscoroutine(result) else result  # type: ignore[arg-type]
+    return asyncio.run(result) if asyncio.iscoroutine(result) else result
 
 
 def test_faq_every_error_class_has_an_example() -> None:

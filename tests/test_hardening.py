@@ -252,7 +252,12 @@ async def test_concurrent_nested_units_are_refused_never_silently_lost(
 
     async def nested(name: str, fail: bool) -> None:
         async with uow.unit_of_work(propagation=uow.Propagation.NESTED):
-            await uow.run_sync(lambda: (uow.session.add(Item(name=name)), uow.session.flush()))
+
+            def add_and_flush() -> None:
+                uow.session.add(Item(name=name))
+                uow.session.flush()
+
+            await uow.run_sync(add_and_flush)
             uow.on_commit(lambda: committed.append(name))
             if name == "a":
                 a_open.set()

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import uow
-from tests.conftest import Item, asyncio_and_trio, asyncio_and_trio_xfail, names
+from tests.conftest import Item, asyncio_and_trio, names
 
 
 def _pool_checked_out(engine: Engine | AsyncEngine) -> int:
@@ -224,8 +224,15 @@ def test_hooks_of_a_retried_failed_attempt_are_dropped(engine: Engine) -> None:
         nonlocal attempts
         attempts += 1
         _add(f"attempt{attempts}")
-        uow.on_commit(lambda n=attempts: ran.append(f"commit{n}"))
-        uow.on_rollback(lambda n=attempts: ran.append(f"rollback{n}"))
+
+        def committed(n: int = attempts) -> None:
+            ran.append(f"commit{n}")
+
+        def rolled_back(n: int = attempts) -> None:
+            ran.append(f"rollback{n}")
+
+        uow.on_commit(committed)
+        uow.on_rollback(rolled_back)
         if attempts < 3:
             raise Flaky
 
@@ -297,12 +304,7 @@ def test_async_hook_in_a_sync_unit_is_refused(manager: uow.UnitOfWorkManager, en
 
 
 @pytest.mark.anyio
-@asyncio_and_trio_xfail(
-    "uow/_async.py:295 runs a sync hook with anyio.to_thread.run_sync(hook.fn); trio refuses a "
-    "function that returns a coroutine (TypeError: 'Trio expected a sync function'), so a "
-    "lambda returning a coroutine fails as a HookError before uow can await its result",
-    raises=uow.HookError,
-)
+@asyncio_and_trio
 async def test_async_unit_on_sync_engine_runs_every_kind_of_hook(
     manager: uow.UnitOfWorkManager, engine: Engine
 ) -> None:

@@ -109,5 +109,7 @@ def test_the_core_never_imports_an_integration() -> None:
             alias.split(".")[0]
             for node in ast.walk(ast.parse(source))
             if isinstance(node, (ast.Import, ast.ImportFrom))
-            for alias in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+            for alias in (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            )
         }, name

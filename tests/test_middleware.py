@@ -395,7 +395,11 @@ async def test_cancelled_request_rolls_back_and_releases_the_connection(
     started = anyio.Event()
 
     async def slow(request: Request) -> Response:
-        await uow.run_sync(lambda: (uow.session.add(Item(name="slow")), uow.session.flush()))
+        def add_and_flush() -> None:
+            uow.session.add(Item(name="slow"))
+            uow.session.flush()
+
+        await uow.run_sync(add_and_flush)
         started.set()
         await anyio.sleep(10)
         return PlainTextResponse("never")
@@ -593,7 +597,11 @@ async def test_a_disconnect_the_app_saw_makes_the_unit_roll_back(
         return {"type": "http.disconnect"}
 
     async def endpoint(request: Request) -> Response:
-        await uow.run_sync(lambda: (uow.session.add(Item(name="x")), uow.session.flush()))
+        def add_and_flush() -> None:
+            uow.session.add(Item(name="x"))
+            uow.session.flush()
+
+        await uow.run_sync(add_and_flush)
         await request.body()
         assert await request.is_disconnected()  # read through uow's receive wrapper
         return PlainTextResponse("", status_code=201)
@@ -616,7 +624,11 @@ async def test_body_messages_reach_the_app_in_order(manager: uow.UnitOfWorkManag
         return messages.pop(0)
 
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-        await uow.run_sync(lambda: (uow.session.add(Item(name="x")), uow.session.flush()))
+        def add_and_flush() -> None:
+            uow.session.add(Item(name="x"))
+            uow.session.flush()
+
+        await uow.run_sync(add_and_flush)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         received.extend([await receive(), await receive()])
         await send({"type": "http.response.body", "body": b"ok"})
@@ -655,7 +667,12 @@ async def test_behind_a_body_replaying_middleware_requests_end_and_commit(
 ) -> None:
     async def echo(request: Request) -> Response:
         body = await request.body()
-        await uow.run_sync(lambda: (uow.session.add(Item(name=body.decode())), uow.session.flush()))
+
+        def add_and_flush() -> None:
+            uow.session.add(Item(name=body.decode()))
+            uow.session.flush()
+
+        await uow.run_sync(add_and_flush)
         return PlainTextResponse(body, status_code=201)
 
     app = ReplayBody(starlette_app(Route("/echo", echo, methods=["POST"])))
@@ -677,7 +694,11 @@ async def test_behind_base_http_middleware_a_body_read_after_the_commit_reaches_
             return await call_next(request)
 
     async def echo(scope: Scope, receive: Receive, send: Send) -> None:
-        await uow.run_sync(lambda: (uow.session.add(Item(name="x")), uow.session.flush()))
+        def add_and_flush() -> None:
+            uow.session.add(Item(name="x"))
+            uow.session.flush()
+
+        await uow.run_sync(add_and_flush)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         body, more = b"", True
         while more:

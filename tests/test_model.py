@@ -54,8 +54,9 @@ def trees(allow_requires_new_inside: bool) -> st.SearchStrategy[Node]:
         lambda kids: node(inner_kinds, st.lists(kids, max_size=3)),
         max_leaves=8,
     )
-    return node([Propagation.REQUIRED, Propagation.REQUIRES_NEW, Propagation.NESTED],
-                st.lists(inner, max_size=3))
+    return node(
+        [Propagation.REQUIRED, Propagation.REQUIRES_NEW, Propagation.NESTED], st.lists(inner, max_size=3)
+    )
 
 
 # --- the model ----------------------------------------------------------------

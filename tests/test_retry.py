@@ -8,10 +8,11 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import cast
 
 import anyio
 import pytest
-from sqlalchemy import Engine, select, text, update
+from sqlalchemy import Engine, Table, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -31,7 +32,7 @@ def _value(engine: Engine, counter_id: int = 1) -> int:
 def _seed_counters(engine: Engine, *ids: int) -> None:
     with engine.begin() as conn:
         for i in ids:
-            conn.execute(Counter.__table__.insert().values(id=i, value=0))
+            conn.execute(cast(Table, Counter.__table__).insert().values(id=i, value=0))
 
 
 @pytest.fixture
@@ -383,7 +384,7 @@ async def test_the_debug_record_of_each_run_counts_the_retries_before_it(
         ("commit", 2),
     ]
     assert "retries=2" in ends[-1].getMessage()
-    assert [r.uow_retry for r in caplog.records if hasattr(r, "uow_retry")] == [1, 2]  # type: ignore[attr-defined]
+    assert [r.uow_retry for r in caplog.records if hasattr(r, "uow_retry")] == [1, 2]
     assert names(engine) == ["run3"]
 
 

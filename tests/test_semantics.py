@@ -174,7 +174,7 @@ def test_misuse_raises_clear_errors(engine: Engine) -> None:
     with pytest.raises(uow.NotConfiguredError, match="configure"):
         uow.current_session()
     with pytest.raises(uow.NotDecoratableError):
-        uow.transactional(42)
+        uow.transactional(42)  # type: ignore[call-overload]
     with pytest.raises(uow.NotDecoratableError, match="generator"):
 
         @uow.transactional

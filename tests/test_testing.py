@@ -130,4 +130,3 @@ async def test_async_engine(async_engine: AsyncEngine, engine: Engine) -> None:
             assert list(await session.scalars(select(Item.name))) == ["async"]
         assert await test.run_on_commit_async() == 1
     assert names(engine) == []
-

@@ -120,7 +120,11 @@ async def test_async_def_with_sync_engine_uses_run_sync(
 async def test_async_def_rolls_back(manager: uow.UnitOfWorkManager, engine: Engine) -> None:
     @uow.transactional
     async def add() -> None:
-        await uow.run_sync(lambda: (uow.session.add(Item(name="x")), uow.session.flush()))
+        def add_and_flush() -> None:
+            uow.session.add(Item(name="x"))
+            uow.session.flush()
+
+        await uow.run_sync(add_and_flush)
         raise KeyError("no")
 
     with pytest.raises(KeyError):

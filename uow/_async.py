@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+from collections.abc import Callable
 from contextvars import Token
 from typing import Any
 
@@ -229,6 +230,10 @@ async def _end_async_savepoint(savepoint: Any, commit: bool) -> BaseException | 
     return None
 
 
+def _boxed(fn: Callable[[], Any]) -> tuple[Any]:
+    return (fn(),)
+
+
 async def run_hooks_async(hooks: list[Hook], committed: bool) -> HookError | None:
     """Run hooks first in, first out: async ones awaited, sync ones in a worker thread."""
     first: HookError | None = None
@@ -237,7 +242,8 @@ async def run_hooks_async(hooks: list[Hook], committed: bool) -> HookError | Non
             if hook.is_async:
                 await hook.fn()
             else:
-                result = await anyio.to_thread.run_sync(hook.fn)
+                # boxed: trio's threads refuse a function whose result is a coroutine
+                (result,) = await anyio.to_thread.run_sync(_boxed, hook.fn)
                 if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
                     await result
         except Exception as e:

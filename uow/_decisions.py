@@ -53,7 +53,6 @@ class Action(enum.Enum):
     SUSPEND = "suspend"  # run with no unit visible, the current one suspended
 
 
-
 # --- 1. entering ----------------------------------------------------------
 
 
@@ -157,9 +156,7 @@ class EndResult(NamedTuple):
     error: BaseException | None
 
 
-def end_result(
-    plan: EndPlan, body_exc: BaseException | None, io_error: BaseException | None
-) -> EndResult:
+def end_result(plan: EndPlan, body_exc: BaseException | None, io_error: BaseException | None) -> EndResult:
     """Return how the boundary ended once its session I/O is done.
 
     A failed rollback of a unit that already has an error to raise is only
@@ -223,6 +220,8 @@ def to_raise(
     if error is not None:
         return error
     if hook_error is not None and body_exc is not None:
+        # the body's exception propagates (a cancel scope may swallow it): say it on the log too
+        logger.error("uow: %s", hook_error, exc_info=hook_error)
         add = getattr(body_exc, "add_note", None)  # Python 3.11+
         if add is not None:
             add(f"uow: {hook_error}")
@@ -251,9 +250,7 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def is_transient(
-    exc: BaseException, extra: tuple[TransientPredicate, ...] = ()
-) -> bool:
+def is_transient(exc: BaseException, extra: tuple[TransientPredicate, ...] = ()) -> bool:
     """Return True for errors a re-run may cure: serialization failure, deadlock, busy."""
     for e in _causes(exc):
         code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)

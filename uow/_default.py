@@ -39,9 +39,7 @@ def configure(
     """
     if isinstance(bind, UnitOfWorkManager):
         if options:
-            raise InvalidOptionError(
-                "options were given with a ready UnitOfWorkManager; set them on it"
-            )
+            raise InvalidOptionError("options were given with a ready UnitOfWorkManager; set them on it")
         manager = bind
     else:
         manager = UnitOfWorkManager(bind, **options)

@@ -9,9 +9,7 @@ from .exceptions import InvalidOptionError, IsolationLevelConflict
 
 __all__ = ["Propagation", "UnitOptions", "check_joinable", "make_options"]
 
-ISOLATION_LEVELS = frozenset(
-    {"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED"}
-)
+ISOLATION_LEVELS = frozenset({"SERIALIZABLE", "REPEATABLE READ", "READ COMMITTED", "READ UNCOMMITTED"})
 
 
 class Propagation(enum.Enum):
@@ -43,7 +41,6 @@ class UnitOptions:
     retry: int = 0
     no_rollback_on: tuple[type[BaseException], ...] = ()
     durable: bool = False
-
 
 
 def make_options(
@@ -86,9 +83,7 @@ def make_options(
             )
         isolation_level = normalized
     if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
-        raise InvalidOptionError(
-            f"retry={retry!r} must be a whole number of extra attempts, 0 or more"
-        )
+        raise InvalidOptionError(f"retry={retry!r} must be a whole number of extra attempts, 0 or more")
     if retry and propagation not in (
         Propagation.REQUIRED,
         Propagation.REQUIRES_NEW,
@@ -112,9 +107,7 @@ def make_options(
             f"read_only=True with propagation={propagation.name}: that unit has "
             "no transaction to make read-only"
         )
-    return UnitOptions(
-        propagation, read_only, isolation_level, retry, no_rollback_on, durable
-    )
+    return UnitOptions(propagation, read_only, isolation_level, retry, no_rollback_on, durable)
 
 
 def _check_bool(name: str, value: object) -> None:

@@ -136,5 +136,3 @@ def raise_after(cancelled: BaseException | None, error: BaseException | None) ->
     if error is not None:
         raise cancelled from error
     raise cancelled
-
-

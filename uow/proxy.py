@@ -73,12 +73,7 @@ class SessionProxy:
         manager = self._get_manager()
         attr = getattr(self._session(name), name)
         unit = manager.current.get()
-        if (
-            unit is not None
-            and unit.tx.loop_thread is not None
-            and not manager.is_async
-            and callable(attr)
-        ):
+        if unit is not None and unit.tx.loop_thread is not None and not manager.is_async and callable(attr):
             # a worker thread (run_in_threadpool, asyncio.to_thread) of an async unit: each
             # call holds the transaction's thread lock, so threads use the session one at a time
             return functools.partial(unit.tx.locked, attr)

@@ -9,8 +9,8 @@ captured for the test to inspect or run, as with Django's
 
 As a pytest plugin (:mod:`uow.pytest_plugin`, registered through the
 ``pytest11`` entry point, opt-in by fixture): define a ``uow_engine`` fixture
-returning your sync ``Engine``, and request ``uow_test``. For an ``AsyncEngine``, use :func:`async_rollback_after`
-in an async fixture of your own.
+returning your sync ``Engine``, and request ``uow_test``. For an
+``AsyncEngine``, use :func:`async_rollback_after` in an async fixture of your own.
 """
 
 from __future__ import annotations

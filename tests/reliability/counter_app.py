@@ -24,9 +24,7 @@ manager = uow.configure(engine)
 attempts = {"n": 0}
 
 
-@uow.transactional(
-    propagation=uow.Propagation.REQUIRES_NEW, isolation_level="SERIALIZABLE", retry=200
-)
+@uow.transactional(propagation=uow.Propagation.REQUIRES_NEW, isolation_level="SERIALIZABLE", retry=200)
 def increment() -> int:
     attempts["n"] += 1
     counter = uow.session.scalars(select(Counter).where(Counter.id == 1)).one()

@@ -11,10 +11,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, Table, select
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -39,14 +40,25 @@ def _free_port() -> int:
 def two_servers(tmp_path: Path) -> Iterator[tuple[Engine, list[str]]]:
     engine = make_engine("postgresql", tmp_path)
     with engine.begin() as conn:
-        conn.execute(Counter.__table__.insert().values(id=1, value=0))
+        conn.execute(cast(Table, Counter.__table__).insert().values(id=1, value=0))
     ports = [_free_port(), _free_port()]
     env = {**os.environ, "UOW_COUNTER_DB_URL": str(engine.url.render_as_string(hide_password=False))}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "tests.reliability.counter_app:app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "tests.reliability.counter_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
         )
         for port in ports
     ]
@@ -123,8 +135,9 @@ async def test_gather_of_run_sync_in_one_request_is_serialized(backend_name: str
         await asyncio.gather(*(uow.run_sync(add, f"g{i}") for i in range(20)))
         return JSONResponse({}, status_code=201)
 
-    app = Starlette(routes=[Route("/many", many, methods=["POST"])],
-                    middleware=[Middleware(UnitOfWorkMiddleware)])
+    app = Starlette(
+        routes=[Route("/many", many, methods=["POST"])], middleware=[Middleware(UnitOfWorkMiddleware)]
+    )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         assert (await client.post("/many")).status_code == 201
     assert overlaps == []

@@ -35,7 +35,11 @@ def _app(reached: dict[str, threading.Event]) -> Starlette:
         return PlainTextResponse("done", status_code=201)
 
     async def slow_checks(request: Request) -> Response:
-        await uow.run_sync(lambda: (uow.session.add(Item(name="checked")), uow.session.flush()))
+        def add_and_flush() -> None:
+            uow.session.add(Item(name="checked"))
+            uow.session.flush()
+
+        await uow.run_sync(add_and_flush)
         reached["slow"].set()
         await anyio.sleep(1.0)  # the client hangs up meanwhile
         await request.body()
@@ -58,9 +62,11 @@ def _app(reached: dict[str, threading.Event]) -> Starlette:
         return StreamingResponse(body())
 
     return Starlette(
-        routes=[Route("/slow", slow, methods=["POST"]),
+        routes=[
+            Route("/slow", slow, methods=["POST"]),
             Route("/slow-checks", slow_checks, methods=["POST"]),
-            Route("/stream", stream),],
+            Route("/stream", stream),
+        ],
         middleware=[Middleware(UnitOfWorkMiddleware)],
     )
 

@@ -125,8 +125,11 @@ async def test_soak(backend_name: str, tmp_path: Path) -> None:
     assert stored == acknowledged, outcomes
     assert outcomes.get("duplicate:201", 0) == 0 and outcomes.get("duplicate:500", 0) > 0, outcomes
     assert outcomes.get("error:500", 0) > 0, outcomes
-    assert all(k.endswith(":200") or k.endswith(":201") for k in outcomes
-               if k.split(":")[0] in ("read", "write", "nodb")), outcomes
+    assert all(
+        k.endswith(":200") or k.endswith(":201")
+        for k in outcomes
+        if k.split(":")[0] in ("read", "write", "nodb")
+    ), outcomes
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     assert threads_seen < 80, f"{threads_seen} threads"
     engine.dispose()

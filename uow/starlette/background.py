@@ -49,9 +49,7 @@ class BackgroundTask(StarletteBackgroundTask):
     def when(self, run_when: RunWhen) -> BackgroundTask:
         """Run the task when the request's unit ``"committed"``, ``"rolled_back"``, or ``"always"``."""
         if run_when not in ("committed", "always", "rolled_back"):
-            raise InvalidOptionError(
-                f"run_when={run_when!r} must be 'committed', 'rolled_back' or 'always'"
-            )
+            raise InvalidOptionError(f"run_when={run_when!r} must be 'committed', 'rolled_back' or 'always'")
         self.run_when = run_when
         return self
 
