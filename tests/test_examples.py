@@ -237,6 +237,7 @@ FAQ = [
     ("session_ended", uow.SessionEnded),
     ("savepoint_conflict", uow.SavepointConflict),
     ("partial_commit", uow.PartialCommit),
+    ("direct_end", uow.DirectEndError),
     ("reused_block", uow.UnitOfWorkError),
 ]
 
@@ -280,6 +281,7 @@ def test_faq_mistake_raises_and_fix_works(
         "session_ended": "jo@example.com",
         "savepoint_conflict": "lee@example.com",
         "partial_commit": "mia@example.com",
+        "direct_end": "nia@example.com",
     }
     if name in expected_after_fix:
         assert expected_after_fix[name] in emails

@@ -12,6 +12,7 @@ from ._options import Propagation as Propagation
 from .decorators import UnitOfWork as UnitOfWork
 from .decorators import transactional as transactional
 from .exceptions import BlockingSessionUse as BlockingSessionUse
+from .exceptions import DirectEndError as DirectEndError
 from .exceptions import HookError as HookError
 from .exceptions import InvalidOptionError as InvalidOptionError
 from .exceptions import IsolationLevelConflict as IsolationLevelConflict
@@ -26,6 +27,7 @@ from .exceptions import SessionEnded as SessionEnded
 from .exceptions import SessionKindError as SessionKindError
 from .exceptions import UnexpectedRollback as UnexpectedRollback
 from .exceptions import UnitOfWorkError as UnitOfWorkError
+from .exceptions import UnitOfWorkWarning as UnitOfWorkWarning
 from .manager import UnitOfWorkManager as UnitOfWorkManager
 from .sqlite import enable_savepoints as enable_sqlite_savepoints
 from .threads import run_sync as run_sync
@@ -35,6 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BlockingSessionUse",
+    "DirectEndError",
     "HookError",
     "InvalidOptionError",
     "IsolationLevelConflict",
@@ -52,6 +55,7 @@ __all__ = [
     "UnitOfWork",
     "UnitOfWorkError",
     "UnitOfWorkManager",
+    "UnitOfWorkWarning",
     "configure",
     "current_session",
     "enable_sqlite_savepoints",

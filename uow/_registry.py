@@ -5,22 +5,30 @@ from __future__ import annotations
 from ._transaction import Binding
 from .exceptions import NotConfiguredError
 
-__all__ = ["get_default", "set_default"]
+__all__ = ["default", "get_default", "set_default"]
 
 _default: Binding | None = None
+
+
+def default() -> Binding | None:
+    """Return the default manager, or None before ``uow.configure``."""
+    return _default
 
 
 def get_default() -> Binding:
     """Return the default manager; raise :class:`NotConfiguredError` if there is none."""
     binding = _default
     if binding is None:
-        raise NotConfiguredError(
-            "uow is not configured: call uow.configure(engine) once at start-up "
-            "(with an Engine, AsyncEngine or session factory) before using "
-            "uow.transactional, uow.unit_of_work or uow.session, or use a "
-            "UnitOfWorkManager of your own"
-        )
+        raise NotConfiguredError(NOT_CONFIGURED)
     return binding
+
+
+NOT_CONFIGURED = (
+    "uow is not configured: call uow.configure(engine) once at start-up "
+    "(with an Engine, AsyncEngine or session factory) before using "
+    "uow.transactional, uow.unit_of_work or uow.session, or use a "
+    "UnitOfWorkManager of your own"
+)
 
 
 def set_default(binding: Binding | None) -> Binding | None:

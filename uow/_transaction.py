@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
+import os
 import threading
+import warnings
 from collections.abc import Callable
 from contextvars import ContextVar
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypeVar
 
 import anyio
+import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
 
 from ._compat import AsyncEngine, async_sessionmaker
 from ._detect import is_async_callable
@@ -33,12 +37,14 @@ from ._options import UnitOptions
 from ._threads import running_asyncio
 from .exceptions import (
     BlockingSessionUse,
+    DirectEndError,
     InvalidOptionError,
     NoActiveUnitOfWork,
     ReadOnlyViolation,
     SavepointConflict,
     SessionEnded,
     SessionKindError,
+    UnitOfWorkWarning,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +91,7 @@ class Binding:
         name: str | None,
         transient: tuple[TransientPredicate, ...],
         retry_backoff: tuple[float, float],
+        strict: bool = False,
     ) -> None:
         self.session_factory: sessionmaker[Any] | async_sessionmaker[Any] = factory
         #: True when the factory makes ``AsyncSession`` objects
@@ -100,6 +107,8 @@ class Binding:
         )
         self.transient = transient
         self.retry_backoff = retry_backoff
+        #: a direct commit()/rollback() on a unit's session raises instead of warning
+        self.strict = strict
         self.current: ContextVar[Boundary | None] = ContextVar(f"uow_unit_{id(self):x}", default=None)
         #: set by uow.testing: commit hooks are captured here instead of run
         self.hook_sink: list[Hook] | None = None
@@ -213,6 +222,7 @@ class Transaction:
         "_thread_lock",
         "binding",
         "connected",
+        "direct_end_allowed",
         "driven_async",
         "ended",
         "innermost",
@@ -242,6 +252,8 @@ class Transaction:
         self.innermost: Boundary | None = None
         #: set when the session checks out a connection (SessionEvents.after_begin)
         self.connected = False
+        #: True where the code ends the transaction itself (the middleware's manual mode)
+        self.direct_end_allowed = False
         self._status = Status.ACTIVE
         #: True once the end began: ``uow.session`` no longer hands out the session (set by the
         #: methods below, like the status; a plain attribute because every request reads it)
@@ -533,11 +545,61 @@ def _after_begin(session: Session, _transaction: Any, _connection: Any) -> None:
         tx.mark_connected()
 
 
+def _direct_end(session: Session, call: str) -> None:
+    """Warn (or, strict, raise) when code commits or rolls back a unit's session itself."""
+    tx = session.info.get(TX_KEY)
+    if tx is None or tx.ended or tx.direct_end_allowed:
+        return
+    message = (
+        f"session.{call}() was called inside a unit of work, which ends its transaction "
+        f"itself: the {call} breaks the unit's atomicity (work before it is "
+        + ("kept even if the unit later fails" if call == "commit" else "discarded, work after it goes on")
+        + f"). Remove the {call}() and let the unit end; use session.flush() to send "
+        "pending changes, propagation=REQUIRES_NEW for work that must be kept apart, "
+        "or commit_mode='manual' for a request that ends its transaction itself"
+    )
+    if tx.binding.strict:
+        raise DirectEndError(message)
+    filename, lineno, module = _caller_outside_libraries()
+    warnings.warn_explicit(message, UnitOfWorkWarning, filename, lineno, module=module)
+
+
+def _caller_outside_libraries() -> tuple[str, int, str]:
+    """Return the file, line and module of the first frame outside SQLAlchemy and uow."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not filename.startswith(_LIBRARY_DIRS):
+            return filename, frame.f_lineno, str(frame.f_globals.get("__name__", ""))
+        frame = frame.f_back
+    return "<unknown>", 0, ""
+
+
+_LIBRARY_DIRS = (
+    os.path.dirname(os.path.abspath(__file__)) + os.sep,
+    os.path.dirname(os.path.abspath(sqlalchemy.__file__)) + os.sep,
+    "<",  # SQLAlchemy's generated wrappers
+)
+
+
+def _before_commit(session: Session) -> None:
+    if not session.in_nested_transaction():  # a SAVEPOINT's release is not the unit's end
+        _direct_end(session, "commit")
+
+
+def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
+    # the root transaction only: not a savepoint, not the subtransaction of a failed flush
+    if previous.parent is None and not previous.nested:
+        _direct_end(session, "rollback")
+
+
 def _install_guards(target: Any) -> None:
     for name, fn in (
         ("before_flush", _before_flush),
         ("do_orm_execute", _do_orm_execute),
         ("after_begin", _after_begin),
+        ("before_commit", _before_commit),
+        ("after_soft_rollback", _after_soft_rollback),
     ):
         if not event.contains(target, name, fn):
             event.listen(target, name, fn)

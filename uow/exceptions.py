@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BlockingSessionUse",
+    "DirectEndError",
     "HookError",
     "InvalidOptionError",
     "IsolationLevelConflict",
@@ -18,11 +19,20 @@ __all__ = [
     "SessionKindError",
     "UnexpectedRollback",
     "UnitOfWorkError",
+    "UnitOfWorkWarning",
 ]
 
 
 class UnitOfWorkError(Exception):
     """Base of every error uow raises; catch it to catch them all."""
+
+
+class UnitOfWorkWarning(UserWarning):
+    """Warned when code bypasses its unit: a direct ``commit()`` or ``rollback()`` on its session."""
+
+
+class DirectEndError(UnitOfWorkError, RuntimeError):
+    """Raised, with ``UnitOfWorkManager(strict=True)``, for a direct ``commit()``/``rollback()`` in a unit."""
 
 
 class NotConfiguredError(UnitOfWorkError, RuntimeError):

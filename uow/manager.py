@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -13,7 +14,7 @@ from ._compat import AsyncEngine, async_sessionmaker
 from ._options import Propagation
 from ._transaction import Binding
 from .decorators import UnitOfWork, transactional
-from .exceptions import InvalidOptionError
+from .exceptions import InvalidOptionError, UnitOfWorkWarning
 from .proxy import SessionProxy
 from .sqlite import enable_savepoints
 from .threads import run_sync
@@ -35,6 +36,8 @@ class UnitOfWorkManager(Binding):
     ``do_orm_execute``, ``after_begin``) to refuse a session used after its
     unit ended, or from the event loop thread. *name* names the database in
     errors and log records (default: the engine's URL without its password).
+    A direct ``commit()`` or ``rollback()`` on a unit's session warns with
+    :class:`UnitOfWorkWarning`; with *strict* it raises :class:`DirectEndError`.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class UnitOfWorkManager(Binding):
         retry_on: Callable[[BaseException], bool] | None = None,
         retry_backoff: tuple[float, float] = (0.02, 1.0),
         name: str | None = None,
+        strict: bool = False,
         **session_options: Any,
     ) -> None:
         factory: sessionmaker[Any] | async_sessionmaker[Any]
@@ -55,6 +59,15 @@ class UnitOfWorkManager(Binding):
                     "ready-made session factory; set them on the factory instead"
                 )
             factory = bind
+            if factory.kw.get("expire_on_commit", True):
+                warnings.warn(
+                    "this session factory has expire_on_commit=True: objects a committed "
+                    "unit returns are expired and detached, so reading one raises "
+                    "DetachedInstanceError. Build it with expire_on_commit=False, or pass "
+                    "the engine (with class_= and other session options) to uow instead",
+                    UnitOfWorkWarning,
+                    stacklevel=2,
+                )
         elif isinstance(bind, AsyncEngine):
             factory = async_sessionmaker(bind, **{"expire_on_commit": False, **session_options})
         elif isinstance(bind, Engine):
@@ -73,9 +86,12 @@ class UnitOfWorkManager(Binding):
             )
         if name is not None and not isinstance(name, str):
             raise InvalidOptionError(f"name={name!r} must be a string naming the database")
+        if not isinstance(strict, bool):
+            raise InvalidOptionError(f"strict={strict!r} must be True or False")
         super().__init__(
             factory,
             name=name,
+            strict=strict,
             transient=(retry_on,) if retry_on is not None else (),
             retry_backoff=(float(base), float(cap)),
         )

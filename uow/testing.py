@@ -76,7 +76,9 @@ def rollback_after(
 ) -> Iterator[TestTransaction]:
     """Run the block in a transaction on *engine* that is rolled back at the end.
 
-    Units inside commit to savepoints. With *capture_on_commit* (the
+    Units inside commit to savepoints. The sessions are of the class, and
+    take the options, of the manager ``uow.configure`` set up, if any
+    (*session_options* add to or override them). With *capture_on_commit* (the
     default), ``on_commit`` hooks are kept on the returned object instead of
     run; pass False to run them when their unit ends, as in production.
     """
@@ -86,7 +88,7 @@ def rollback_after(
     factory = sessionmaker(
         bind=connection,
         join_transaction_mode="create_savepoint",
-        **{"expire_on_commit": False, **session_options},
+        **{"expire_on_commit": False, **_configured_options(), **session_options},
     )
     with _installed(factory, capture_on_commit) as test:
         try:
@@ -108,7 +110,7 @@ async def async_rollback_after(
     factory = async_sessionmaker(
         bind=connection,
         join_transaction_mode="create_savepoint",
-        **{"expire_on_commit": False, **session_options},
+        **{"expire_on_commit": False, **_configured_options(), **session_options},
     )
     with _installed(factory, capture_on_commit) as test:
         try:
@@ -117,6 +119,25 @@ async def async_rollback_after(
             if outer.is_active:
                 await outer.rollback()
             await connection.close()
+
+
+def _configured_options() -> dict[str, Any]:
+    """The session class and options of the app's configured manager (none if there is none).
+
+    So that the test's sessions are of the kind the app uses (``sqlmodel.Session``
+    and its ``exec()``, the app's ``autoflush`` ...); *session_options* win.
+    """
+    configured = _registry.default()
+    if configured is None:
+        return {}
+    factory = configured.session_factory
+    options = {k: v for k, v in factory.kw.items() if k not in ("bind", "binds", "join_transaction_mode")}
+    if isinstance(factory, sessionmaker):
+        options["class_"] = factory.class_.__mro__[1]  # the class the factory was given
+    sync_class = options.get("sync_session_class")
+    if sync_class is not None and sync_class.__dict__.get("_uow_guarded", False):
+        options["sync_session_class"] = sync_class.__mro__[1]  # the app's, without uow's listeners
+    return options
 
 
 @contextmanager

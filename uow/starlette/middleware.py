@@ -10,11 +10,11 @@ from typing import Literal
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .. import _registry
 from .._async import end_async
-from .._default import get_manager
 from .._options import Propagation, UnitOptions
-from .._transaction import Boundary, Transaction, serial_tx
-from ..exceptions import HookError, InvalidOptionError, PartialCommit
+from .._transaction import Binding, Boundary, Transaction, serial_tx
+from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit
 from ..manager import UnitOfWorkManager
 
 __all__ = ["CommitMode", "UnitOfWorkMiddleware"]
@@ -84,10 +84,17 @@ class UnitOfWorkMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                send = self._failing_startup_without_a_manager(send)
             await self.app(scope, receive, send)
             return
-        manager = self.manager or get_manager()
-        request = _Request(manager, scope, receive, send, self.commit_statuses)
+        manager = self.manager or _registry.default()
+        if manager is None:
+            # not configured (the server ran no lifespan to tell): a request that needs no
+            # database is answered; uow.session raises NotConfiguredError in one that does
+            await self.app(scope, receive, send)
+            return
+        request = _Request(manager, scope, receive, send, self.commit_statuses, self.commit_mode == "manual")
         token = manager.current.set(request.unit)
         serial = None if manager.is_async else serial_tx.set(request.tx)
         try:
@@ -102,6 +109,29 @@ class UnitOfWorkMiddleware:
                 serial_tx.reset(serial)
             manager.current.reset(token)
 
+    def _failing_startup_without_a_manager(self, send: Send) -> Send:
+        """Turn the app's ``lifespan.startup.complete`` into a failure if no manager is configured.
+
+        The app's own startup (its lifespan) may call ``uow.configure``: the
+        check comes once it is done, so a misconfigured app fails to start
+        instead of answering 500 to its first request.
+        """
+
+        async def checked(message: Message) -> None:
+            if (
+                message["type"] == "lifespan.startup.complete"
+                and self.manager is None
+                and _registry.default() is None
+            ):
+                logger.error("uow: %s", _registry.NOT_CONFIGURED)
+                message = {
+                    "type": "lifespan.startup.failed",
+                    "message": f"{NotConfiguredError.__name__}: {_registry.NOT_CONFIGURED}",
+                }
+            await send(message)
+
+        return checked
+
 
 #: the names of the databases whose request units committed, in the ASGI scope
 _COMMITTED = "uow.committed"
@@ -114,13 +144,16 @@ class _Request:
 
     def __init__(
         self,
-        manager: UnitOfWorkManager,
+        manager: Binding,
         scope: Scope,
         receive: Receive,
         send: Send,
         commit_statuses: frozenset[int],
+        manual: bool,
     ) -> None:
         self.tx = Transaction(manager, _REQUEST_OPTIONS, driven_async=True)
+        if manual:
+            self.tx.direct_end_allowed = True  # the app commits itself
         self.unit = Boundary(self.tx)
         self.scope = scope
         self._receive = receive

@@ -319,6 +319,23 @@ def partial_commit_fix() -> None:
 # --8<-- [end:partial-commit]
 
 
+# --8<-- [start:direct-end]
+def direct_end_mistake() -> None:
+    strict = uow.UnitOfWorkManager(engine, strict=True)  # strict: raise, do not only warn
+    with strict.unit_of_work() as session:
+        session.add(User(email="nia@example.com"))
+        session.commit()  # DirectEndError: the unit ends its transaction itself
+
+
+def direct_end_fix() -> None:
+    with uow.unit_of_work() as session:
+        session.add(User(email="nia@example.com"))
+        session.flush()  # sends the INSERT; the unit commits at its end
+
+
+# --8<-- [end:direct-end]
+
+
 # --8<-- [start:base]
 def reused_block_mistake() -> None:
     unit = uow.unit_of_work()
@@ -360,6 +377,7 @@ def main() -> None:
             uow.SavepointConflict,
         ),
         (lambda: asyncio.run(partial_commit_mistake()), partial_commit_fix, uow.PartialCommit),
+        (direct_end_mistake, direct_end_fix, uow.DirectEndError),
         (reused_block_mistake, reused_block_fix, uow.UnitOfWorkError),
     ]
     try:
