@@ -44,7 +44,7 @@ PATTERNS = (
 LEVELS = (16, 64)
 _RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
-_ERRORS = re.compile(r"Socket errors:.*?(\d+) timeout")
+_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 
 
 def _port() -> int:
@@ -112,7 +112,7 @@ def _wrk(base: str, connections: int, seconds: float) -> dict[str, float]:
     return {
         "rps": float(rate.group(1)),
         "non_2xx": float(bad.group(1)) if bad else 0.0,
-        "timeouts": float(timeouts.group(1)) if timeouts else 0.0,
+        "timeouts": float(sum(int(n) for n in timeouts.groups())) if timeouts else 0.0,
     }
 
 
@@ -155,14 +155,16 @@ def write_page(result: dict[str, Any], path: Path) -> None:
         f"machine for {result['seconds']:g} s per round at each concurrency, patterns taking turns over",
         f"{result['rounds']} rounds. *ratio* is the median over rounds of the pattern's requests",
         "per second over the hand-written floor's in the same round (higher is faster);",
-        "*failures* counts non-2xx answers and time-outs over all rounds.",
+        "*failures* counts non-2xx answers and socket errors (time-outs, resets) over all",
+        "rounds; *stalled*: not one request answered in a round's time.",
         "",
     ]
     for level, table in result["levels"].items():
         lines += [f"## {level} connections", ""]
         lines += ["| pattern | requests/s | ratio | failures |", "|---|---|---|---|"]
         for pattern, row in sorted(table.items(), key=lambda kv: -kv[1]["ratio"]):
-            lines.append(f"| {pattern} | {row['rps']:.0f} | {row['ratio']:.2f}x | {row['failures']:.0f} |")
+            ratio = f"{row['ratio']:.2f}x" if row["rps"] else "stalled"
+            lines.append(f"| {pattern} | {row['rps']:.0f} | {ratio} | {row['failures']:.0f} |")
         lines.append("")
     lines += [
         "The command: `scripts/bench` (or",

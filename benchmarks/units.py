@@ -169,8 +169,8 @@ def run(url: str, smoke: bool) -> dict[str, Any]:
 
 
 NOTES = {
-    "unit kinds": "a primary-key read per unit: a read-only unit is the cheapest kind (no COMMIT, no flush, "
-    "no rollback of loaded objects: its session is only closed)",
+    "unit kinds": "a primary-key read per unit: a read-only unit never flushes, never checks for "
+    "changes beyond its end, and ends the cheapest way its database allows",
     "no-DB request": "a request that never touches the database, straight to the ASGI app (no sockets)",
     "hand-off": "one trip to a worker thread and back that survives cancellation (how a sync session ends "
     "off the event loop): uow's finisher threads against anyio's threads in a shielding task",

@@ -23,6 +23,7 @@ from uow._decisions import (
     entering,
     hooks_to_run,
     is_transient,
+    session_end,
     to_raise,
 )
 from uow._options import UnitOptions, make_options
@@ -215,3 +216,24 @@ def test_backoff_delay_is_full_jitter_under_the_cap() -> None:
     delays = [backoff_delay(attempt, 0.01, 0.05) for attempt in range(8) for _ in range(50)]
     assert all(0 <= d <= 0.05 for d in delays)
     assert max(backoff_delay(0, 0.01, 1.0) for _ in range(200)) <= 0.01
+
+
+@pytest.mark.parametrize(
+    ("url", "read_only", "commit", "end"),
+    [
+        ("sqlite://", False, True, "commit"),
+        ("sqlite://", False, False, "rollback"),
+        ("sqlite://", True, True, "close"),  # nothing to commit, and nothing sent is kept
+        ("sqlite://", True, False, "rollback"),
+        ("postgresql+psycopg://u@127.0.0.1/none", True, True, "commit"),  # READ ONLY at the database
+        ("postgresql+psycopg://u@127.0.0.1/none", True, False, "rollback"),
+    ],
+)
+def test_session_end(url: str, read_only: bool, commit: bool, end: str) -> None:
+    engine = create_engine(url)  # never connected
+    binding = Binding(sessionmaker(engine), name="t", transient=(), retry_backoff=(0, 0))
+    tx = Transaction(binding, make_options(read_only=read_only), driven_async=False)
+    assert session_end(EndPlan(commit, None), tx) == end
+    binding.external_transaction = True  # inside a test's transaction: not READ ONLY at the database
+    if read_only and commit:
+        assert session_end(EndPlan(commit, None), tx) == "close"

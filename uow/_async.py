@@ -21,16 +21,18 @@ from sqlalchemy.orm import Session
 from ._compat import AsyncSession
 from ._decisions import (
     Action,
+    SessionEnd,
     body_outcome,
     end_plan,
     end_result,
     entering,
     hook_failure,
     hooks_to_run,
+    session_end,
     to_raise,
 )
 from ._options import UnitOptions, check_joinable
-from ._sync import SessionEnd, end_savepoint, end_session, session_end
+from ._sync import end_savepoint, end_session
 from ._threads import finish, raise_after, session_thread, shielded
 from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, serial_tx
 from .exceptions import HookError
@@ -141,7 +143,7 @@ async def end_async(
         io_error, cancelled = await _end_savepoint(boundary, plan.commit)
     else:
         tx.begin_end()
-        io_error, cancelled = await _end_session(tx, session_end(plan.commit, options))
+        io_error, cancelled = await _end_session(tx, session_end(plan, tx))
     result = end_result(plan, exc, io_error)
     if not savepoint:
         tx.finish(result.committed)

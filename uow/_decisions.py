@@ -4,6 +4,7 @@
 2. :func:`body_outcome` — whether its body's ending asks to commit or roll back;
 3. :func:`end_plan` — what ending the boundary does: commit or roll back, and the
    error that goes with it (rollback-only, a read-only unit with writes);
+   :func:`session_end` — how the root's session ends: COMMIT, ROLLBACK or only close;
 4. :func:`end_result` — once the session's I/O is done: committed or not, and the error;
 5. :func:`hooks_to_run` — which hooks run now (none are run here);
 6. :func:`to_raise` — what the end raises: its own error, a hook's, or the body's own.
@@ -22,13 +23,14 @@ from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 from ._options import Propagation, UnitOptions
-from ._transaction import Boundary, Hook, has_pending_writes
+from ._transaction import Boundary, Hook, Transaction, has_pending_writes
 from .exceptions import HookError, PropagationError, ReadOnlyViolation, UnexpectedRollback
 
 __all__ = [
     "Action",
     "EndPlan",
     "EndResult",
+    "SessionEnd",
     "backoff_delay",
     "body_outcome",
     "end_plan",
@@ -37,6 +39,7 @@ __all__ = [
     "hook_failure",
     "hooks_to_run",
     "is_transient",
+    "session_end",
     "to_raise",
 ]
 
@@ -144,6 +147,28 @@ def end_plan(boundary: Boundary, options: UnitOptions, body: Outcome) -> EndPlan
             ),
         )
     return EndPlan(True, None)
+
+
+# --- 3b. how the session ends --------------------------------------------------------
+
+SessionEnd = Literal["commit", "rollback", "close"]
+
+
+def session_end(plan: EndPlan, tx: Transaction) -> SessionEnd:
+    """Return how the root's session ends, once the plan is known.
+
+    A read-only unit that succeeded has nothing to commit, and ends the
+    cheapest way its database allows: on PostgreSQL, where its transaction is
+    READ ONLY at the database (nothing can have been written), with COMMIT,
+    which costs less there than ROLLBACK; elsewhere its session is only closed
+    (the pool rolls the connection back), which also skips SQLAlchemy's
+    rollback of every object it loaded, and commits nothing it may have sent.
+    """
+    if not plan.commit:
+        return "rollback"
+    if not tx.options.read_only:
+        return "commit"
+    return "commit" if tx.read_only_at_database() else "close"
 
 
 # --- 4. the result, after the I/O -----------------------------------------------------

@@ -9,26 +9,28 @@ from __future__ import annotations
 import inspect
 import threading
 from contextvars import Token
-from typing import Any, Literal
+from typing import Any
 
 import anyio.from_thread
 from sqlalchemy.orm import Session
 
 from ._decisions import (
     Action,
+    SessionEnd,
     body_outcome,
     end_plan,
     end_result,
     entering,
     hook_failure,
     hooks_to_run,
+    session_end,
     to_raise,
 )
 from ._options import UnitOptions, check_joinable
 from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, logger
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
-__all__ = ["SyncBlock", "end_savepoint", "end_session", "end_sync", "run_hooks", "session_end"]
+__all__ = ["SyncBlock", "end_savepoint", "end_session", "end_sync", "run_hooks"]
 
 
 class SyncBlock:
@@ -128,7 +130,7 @@ def end_sync(
         io_error = end_savepoint(boundary.savepoint, plan.commit)
     else:
         tx.begin_end()
-        io_error = end_session(tx.session, session_end(plan.commit, options))  # type: ignore[arg-type]
+        io_error = end_session(tx.session, session_end(plan, tx))  # type: ignore[arg-type]
     result = end_result(plan, exc, io_error)
     if not savepoint:
         tx.finish(result.committed)
@@ -138,21 +140,6 @@ def end_sync(
         boundary.merge_into_parent()
     hook_error = run_hooks(hooks_to_run(boundary, result.committed, savepoint), result.committed)
     return to_raise(exc, result.error, hook_error)
-
-
-SessionEnd = Literal["commit", "rollback", "close"]
-
-
-def session_end(commit: bool, options: UnitOptions) -> SessionEnd:
-    """How a session ends: a read-only unit that succeeded only closes it.
-
-    It counts as committed but never COMMITs; closing ends its transaction
-    (the pool rolls the connection back) without SQLAlchemy's rollback, which
-    expires every loaded object: the cheapest end there is.
-    """
-    if not commit:
-        return "rollback"
-    return "close" if options.read_only else "commit"
 
 
 def end_session(session: Session | None, how: SessionEnd) -> BaseException | None:

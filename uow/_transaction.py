@@ -337,6 +337,10 @@ class Transaction:
             return {}
         return opts
 
+    def read_only_at_database(self) -> bool:
+        """Return True if the database itself refuses writes in this transaction (READ ONLY)."""
+        return "postgresql_readonly" in self.start_options()
+
     def needs_io_to_end(self) -> bool:
         """Return True if ending the session may touch the database."""
         session = self.session
