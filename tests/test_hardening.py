@@ -230,10 +230,11 @@ def test_a_kept_reference_to_a_units_session_raises_after_the_unit(
 ) -> None:
     with uow.unit_of_work() as session:
         session.add(Item(name="a"))
-    session.add(Item(name="b"))
     with pytest.raises(uow.SessionEnded):
-        session.flush()
+        session.add(Item(name="b"))  # it would begin a transaction nobody commits
     with pytest.raises(uow.SessionEnded):
+        session.get(Item, 1)
+    with pytest.raises(uow.SessionEnded):  # every attempt, not only the first
         session.get(Item, 1)
     assert names(engine) == ["a"]
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]

@@ -170,7 +170,9 @@ def test_all_is_complete_and_the_core_never_imports_starlette() -> None:
     code = "import sys, uow; assert not any(m.split('.')[0] in ('starlette', 'fastapi') for m in sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
     for cls in (getattr(uow, n) for n in uow.__all__):
-        if isinstance(cls, type) and issubclass(cls, Exception):
+        if isinstance(cls, type) and issubclass(cls, Warning):
+            assert issubclass(cls, UserWarning) and cls.__doc__  # UnitOfWorkWarning
+        elif isinstance(cls, type) and issubclass(cls, Exception):
             assert issubclass(cls, uow.UnitOfWorkError) and cls.__doc__
 
 

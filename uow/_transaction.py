@@ -29,7 +29,7 @@ import anyio
 import sqlalchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from ._compat import AsyncEngine, async_sessionmaker
 from ._detect import is_async_callable
@@ -511,22 +511,25 @@ def log_end(boundary: Boundary, committed: bool, savepoint: bool) -> None:
 
 
 def _check_use(session: Session) -> None:
-    """Refuse I/O on a unit's session that its unit no longer allows."""
+    """Refuse a flush that the session's unit no longer allows (or not from here)."""
     tx = session.info.get(TX_KEY)
     if tx is None:
         return
     if tx.closed:
         raise SessionEnded(ENDED)
     if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
-        raise BlockingSessionUse(
-            "a sync session was used on the event loop thread, where its query would "
-            "block every other request. Use it from a `def` endpoint or dependency "
-            "(they run in the threadpool), run the work with `await uow.run_sync(fn)`, "
-            "or configure uow with an AsyncEngine"
-        )
+        raise BlockingSessionUse(_BLOCKING)
     boundary = tx.binding.current.get()
     if boundary is not None and boundary.tx is tx:
         tx.check_boundary(boundary)
+
+
+_BLOCKING = (
+    "a sync session was used on the event loop thread, where its query would "
+    "block every other request. Use it from a `def` endpoint or dependency "
+    "(they run in the threadpool), run the work with `await uow.run_sync(fn)`, "
+    "or configure uow with an AsyncEngine"
+)
 
 
 def _before_flush(session: Session, _flush_context: Any, _instances: Any) -> None:
@@ -539,14 +542,25 @@ def _before_flush(session: Session, _flush_context: Any, _instances: Any) -> Non
         )
 
 
-def _do_orm_execute(state: ORMExecuteState) -> None:
-    _check_use(state.session)
+def _after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
+    """A session whose unit ended begins nothing more: every later use raises, and holds no connection.
+
+    Checked once per transaction, when the session begins one (on its first
+    query or flush), not on every statement.
+    """
+    if transaction.parent is None:
+        tx = session.info.get(TX_KEY)
+        if tx is not None and tx.closed:
+            transaction.close()  # so that the next attempt comes here again
+            raise SessionEnded(ENDED)
 
 
 def _after_begin(session: Session, _transaction: Any, _connection: Any) -> None:
     tx = session.info.get(TX_KEY)
     if tx is not None:
-        tx.mark_connected()
+        tx.mark_connected()  # the unit's end gives the connection back, also after the error below
+        if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
+            raise BlockingSessionUse(_BLOCKING)
 
 
 def _direct_end(session: Session, call: str) -> None:
@@ -587,11 +601,17 @@ _LIBRARY_DIRS = (
 
 
 def _before_commit(session: Session) -> None:
+    tx = session.info.get(TX_KEY)
+    if tx is None or tx.ended:  # the unit's own end (every unit's): nothing more to check
+        return
     if not session.in_nested_transaction():  # a SAVEPOINT's release is not the unit's end
         _direct_end(session, "commit")
 
 
 def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
+    tx = session.info.get(TX_KEY)
+    if tx is None or tx.ended:
+        return
     # the root transaction only: not a savepoint, not the subtransaction of a failed flush
     if previous.parent is None and not previous.nested:
         _direct_end(session, "rollback")
@@ -600,7 +620,7 @@ def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None
 def _install_guards(target: Any) -> None:
     for name, fn in (
         ("before_flush", _before_flush),
-        ("do_orm_execute", _do_orm_execute),
+        ("after_transaction_create", _after_transaction_create),
         ("after_begin", _after_begin),
         ("before_commit", _before_commit),
         ("after_soft_rollback", _after_soft_rollback),

@@ -33,7 +33,7 @@ class UnitOfWorkManager(Binding):
     ``expire_on_commit=False`` (and any *session_options*), so objects a
     committed unit returns stay readable. A factory you pass is used as is,
     except that uow listens to the sessions it makes (``before_flush``,
-    ``do_orm_execute``, ``after_begin``) to refuse a session used after its
+    ``after_transaction_create``, ``after_begin``, ``before_commit``) to refuse a session used after its
     unit ended, or from the event loop thread. *name* names the database in
     errors and log records (default: the engine's URL without its password).
     A direct ``commit()`` or ``rollback()`` on a unit's session warns with
