@@ -88,7 +88,7 @@ def rollback_after(
     factory = sessionmaker(
         bind=connection,
         join_transaction_mode="create_savepoint",
-        **{"expire_on_commit": False, **_configured_options(), **session_options},
+        **{"expire_on_commit": False, **_configured_options(sessionmaker), **session_options},
     )
     with _installed(factory, capture_on_commit) as test:
         try:
@@ -110,7 +110,7 @@ async def async_rollback_after(
     factory = async_sessionmaker(
         bind=connection,
         join_transaction_mode="create_savepoint",
-        **{"expire_on_commit": False, **_configured_options(), **session_options},
+        **{"expire_on_commit": False, **_configured_options(async_sessionmaker), **session_options},
     )
     with _installed(factory, capture_on_commit) as test:
         try:
@@ -121,15 +121,15 @@ async def async_rollback_after(
             await connection.close()
 
 
-def _configured_options() -> dict[str, Any]:
+def _configured_options(kind: type[Any]) -> dict[str, Any]:
     """The session class and options of the app's configured manager (none if there is none).
 
     So that the test's sessions are of the kind the app uses (``sqlmodel.Session``
     and its ``exec()``, the app's ``autoflush`` ...); *session_options* win.
     """
     configured = _registry.default()
-    if configured is None:
-        return {}
+    if configured is None or not isinstance(configured.session_factory, kind):
+        return {}  # none, or of the other kind (a sync test of an async app): nothing to follow
     factory = configured.session_factory
     options = {k: v for k, v in factory.kw.items() if k not in ("bind", "binds", "join_transaction_mode")}
     if isinstance(factory, sessionmaker):
