@@ -138,6 +138,11 @@ def test_readme_snippets_match_the_tested_quick_start_examples() -> None:
     _snippet_is_in(snippets[1], EXAMPLES / "quickstart" / "fastapi_app.py")
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="the docs toolchain's extensions (pymdownx.highlight under mkdocstrings) break on 3.10; "
+    "the site is built by the runs on 3.11+ (CI: 3.13)",
+)
 def test_mkdocs_build_strict(tmp_path: Path) -> None:
     """The site builds with `mkdocs build --strict`: every page, link, include and API entry resolves."""
     missing = [

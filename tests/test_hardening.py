@@ -378,7 +378,7 @@ async def test_a_thread_left_running_after_its_unit_is_stopped_at_its_next_use(
 
     async def endpoint(request: Request) -> Response:
         await uow.run_sync(lambda: uow.session.add(Item(name="request")))
-        with pytest.raises(TimeoutError):
+        with pytest.raises(asyncio.TimeoutError):  # TimeoutError itself from Python 3.11
             await asyncio.wait_for(asyncio.to_thread(slow_write), 0.05)
         return PlainTextResponse("", status_code=201)
 
