@@ -429,11 +429,13 @@ async def test_task_cancel_waits_for_the_finisher_then_raises(
 ) -> None:
     """A native Task.cancel() while the session ends: the COMMIT finishes, then CancelledError."""
     committing = threading.Event()
+    cancel_sent = threading.Event()
     committed = threading.Event()
 
     def slow_commit(_: Any) -> None:
         committing.set()
-        time.sleep(0.2)
+        assert cancel_sent.wait(10)  # the COMMIT goes on only once the task was cancelled
+        time.sleep(0.05)
         committed.set()
 
     @uow.transactional
@@ -446,6 +448,7 @@ async def test_task_cancel_waits_for_the_finisher_then_raises(
         while not committing.is_set():
             await asyncio.sleep(0.001)
         task.cancel()
+        cancel_sent.set()
         with pytest.raises(asyncio.CancelledError):
             await task
         assert committed.is_set(), "the task ended before its COMMIT did"

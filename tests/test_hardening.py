@@ -33,14 +33,14 @@ from tests.test_middleware import add_item, body_then, client, http_scope, starl
 from uow.starlette import BackgroundTask, UnitOfWorkMiddleware, provide_session
 
 
-def slow_commits(engine: Engine, started: threading.Event, seconds: float = 0.3) -> None:
-    """Make every COMMIT on *engine* take *seconds* more, and say when one starts."""
+def held_commits(engine: Engine, started: threading.Event, release: threading.Event) -> None:
+    """Make every COMMIT on *engine* say when it starts, and wait for *release* before it goes on."""
 
-    def slow(_conn: Any) -> None:
+    def held(_conn: Any) -> None:
         started.set()
-        time.sleep(seconds)
+        assert release.wait(10), "the COMMIT was never released"
 
-    event.listen(engine, "commit", slow)
+    event.listen(engine, "commit", held)
 
 
 async def forever() -> Message:
@@ -58,7 +58,8 @@ async def test_cancelled_during_commit_the_chosen_response_start_goes_out(
 ) -> None:
     """The COMMIT completes: the client learns of it (the 201 goes out), never a 500 for a kept write."""
     committing = threading.Event()
-    slow_commits(engine, committing)
+    cancelled = threading.Event()
+    held_commits(engine, committing, cancelled)
     sent: list[Message] = []
 
     async def send(message: Message) -> None:
@@ -78,6 +79,7 @@ async def test_cancelled_during_commit_the_chosen_response_start_goes_out(
         task = asyncio.ensure_future(run())
         await when_committing()
         task.cancel()
+        cancelled.set()  # the COMMIT goes on only now: the cancellation came while it ran
         with pytest.raises(asyncio.CancelledError):
             await task
     else:
@@ -85,6 +87,7 @@ async def test_cancelled_during_commit_the_chosen_response_start_goes_out(
             tg.start_soon(run)
             await when_committing()
             tg.cancel_scope.cancel()
+            cancelled.set()
     assert names(engine) == ["x"]
     assert sent and sent[0]["type"] == "http.response.start" and sent[0]["status"] == 201
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
