@@ -304,7 +304,7 @@ def io_threads(engine: Engine) -> Iterator[dict[str, list[int]]]:
 @pytest.mark.anyio
 @asyncio_and_trio
 async def test_sync_session_commit_and_close_run_off_the_loop(
-    manager: uow.UnitOfWorkManager, engine: Engine, io_threads: dict[str, list[int]], anyio_backend: str
+    manager: uow.UnitOfWorkManager, engine: Engine, io_threads: dict[str, list[int]]
 ) -> None:
     loop_thread = threading.get_ident()
 
@@ -334,10 +334,6 @@ async def test_sync_session_commit_and_close_run_off_the_loop(
     assert len(io_threads["commit"]) == (5 if postgresql else 4)
     assert len(io_threads["rollback"]) == (1 if postgresql else 2)  # elsewhere the pool rolls it back
     assert len(io_threads["checkin"]) == 6
-    if anyio_backend == "trio":
-        # Open: in two full-suite runs (not alone, not in this module's runs) one COMMIT was
-        # recorded on trio's loop thread; the counts above still hold there. Being looked into.
-        return
     for kind, threads in io_threads.items():
         assert loop_thread not in threads, f"a {kind} ran on the event loop thread"
     assert names(engine) == ["w0", "w1", "w2"]

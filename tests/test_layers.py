@@ -113,3 +113,18 @@ def test_the_core_never_imports_an_integration() -> None:
                 [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
             )
         }, name
+
+
+def test_listeners_are_installed_on_every_new_factory_even_where_an_id_is_reused() -> None:
+    """uow marks the session class it listens on; it never asks SQLAlchemy's id()-keyed registry."""
+    import gc
+
+    from sqlalchemy import create_engine
+
+    engine = create_engine("sqlite://")
+    for _ in range(50):  # factories come and go; addresses get reused
+        manager = uow.UnitOfWorkManager(engine)
+        assert manager.session_factory.class_.__dict__.get("_uow_listening") is True
+        del manager
+        gc.collect()
+    engine.dispose()

@@ -617,7 +617,14 @@ def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None
         _direct_end(session, "rollback")
 
 
-def _install_guards(target: Any) -> None:
+def _install_guards(session_class: Any) -> None:
+    """Listen on *session_class*, once: a mark on the class itself says it is done.
+
+    (Not ``event.contains``: SQLAlchemy keys its registry by ``id()``, which a new
+    class may share with a collected one whose entries are still there.)
+    """
+    if session_class.__dict__.get("_uow_listening", False):
+        return
     for name, fn in (
         ("before_flush", _before_flush),
         ("after_transaction_create", _after_transaction_create),
@@ -625,14 +632,14 @@ def _install_guards(target: Any) -> None:
         ("before_commit", _before_commit),
         ("after_soft_rollback", _after_soft_rollback),
     ):
-        if not event.contains(target, name, fn):
-            event.listen(target, name, fn)
+        event.listen(session_class, name, fn)
+    session_class._uow_listening = True
 
 
 def _guard_sessions_of(factory: sessionmaker[Any] | async_sessionmaker[Any]) -> None:
     """Install uow's session listeners on the sessions *factory* makes, and only on those."""
     if isinstance(factory, sessionmaker):
-        _install_guards(factory)  # SQLAlchemy listens on the factory's own Session subclass
+        _install_guards(factory.class_)  # the factory's own Session subclass
         return
     sync_class = factory.kw.get("sync_session_class", Session)
     if not sync_class.__dict__.get("_uow_guarded", False):
