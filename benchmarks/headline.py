@@ -17,18 +17,14 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from benchmarks import apps
+from benchmarks.server import serving
 
 ROOT = Path(__file__).resolve().parents[1]
 FLOOR = "hand-written (floor)"
@@ -45,54 +41,6 @@ LEVELS = (16, 64)
 _RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _serve(pattern: str, url: str, pool: int) -> tuple[subprocess.Popen[bytes], str]:
-    port = _port()
-    env = {**os.environ, "BENCH_URL": url, "BENCH_PATTERN": pattern, "BENCH_POOL": str(pool)}
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "benchmarks.server_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(base + "/users/1", timeout=1).raise_for_status()
-            return server, base
-        except (httpx.TransportError, httpx.HTTPStatusError):
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError(f"the server for {pattern!r} did not start") from None
-            time.sleep(0.1)
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
 
 
 def _wrk(base: str, connections: int, seconds: float) -> dict[str, float]:
@@ -123,12 +71,9 @@ def run(url: str, seconds: float, rounds: int, patterns: tuple[str, ...] = PATTE
         for r in range(rounds):
             order = patterns if r % 2 == 0 else tuple(reversed(patterns))
             for pattern in order:
-                server, base = _serve(pattern, url, pool=min(level, 20))
-                try:
+                with serving(pattern, url, pool=min(level, 20), ready_path="/users/1") as base:
                     _wrk(base, level, 1)  # warm up
                     raw[level][pattern].append(_wrk(base, level, seconds))
-                finally:
-                    _stop(server)
     table: dict[str, dict[str, dict[str, float]]] = {}
     for level, per_pattern in raw.items():
         floor = [m["rps"] for m in per_pattern[FLOOR]]

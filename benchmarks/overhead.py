@@ -16,14 +16,14 @@ import uow
 from benchmarks import apps
 
 
-def _per_call_us(fn: Callable[[int], Any], calls: int) -> float:
+def per_call_us(fn: Callable[[int], Any], calls: int) -> float:
     start = time.perf_counter()
     for i in range(calls):
         fn(i)
     return (time.perf_counter() - start) / calls * 1e6
 
 
-async def _per_call_us_async(fn: Callable[[int], Any], calls: int) -> float:
+async def per_call_us_async(fn: Callable[[int], Any], calls: int) -> float:
     start = time.perf_counter()
     for i in range(calls):
         await fn(i)
@@ -71,11 +71,11 @@ def decorator_overhead(url: str, calls: int, rounds: int) -> dict[str, list[floa
             ("bare function", bare),
             ("bare @transactional", bare_decorated),
         ):
-            results.setdefault(name, []).append(_per_call_us(fn, calls))
+            results.setdefault(name, []).append(per_call_us(fn, calls))
 
         async def run_async() -> None:
             for name, fn in (("async by hand", async_by_hand), ("async @transactional", async_decorated)):
-                results.setdefault(name, []).append(await _per_call_us_async(fn, max(calls // 4, 10)))
+                results.setdefault(name, []).append(await per_call_us_async(fn, max(calls // 4, 10)))
 
         asyncio.run(run_async())
     asyncio.run(async_engine.dispose())

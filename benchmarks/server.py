@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,11 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _serve_and_load(pattern: str, url: str) -> dict[str, Any]:
+@contextmanager
+def serving(pattern: str, url: str, pool: int = 5, ready_path: str = "/plain") -> Iterator[str]:
+    """Serve *pattern* on *url* from a uvicorn process on 127.0.0.1; yield its base URL; stop it."""
     port = _port()
-    env = {**os.environ, "BENCH_URL": url, "BENCH_PATTERN": pattern}
+    env = {**os.environ, "BENCH_URL": url, "BENCH_PATTERN": pattern, "BENCH_POOL": str(pool)}
     server = subprocess.Popen(
         [
             sys.executable,
@@ -52,12 +56,24 @@ def _serve_and_load(pattern: str, url: str) -> dict[str, Any]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                httpx.get(base + "/plain", timeout=1)
+                httpx.get(base + ready_path, timeout=1).raise_for_status()
                 break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
+            except (httpx.TransportError, httpx.HTTPStatusError):
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError(f"the server for {pattern!r} did not start") from None
                 time.sleep(0.1)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _serve_and_load(pattern: str, url: str) -> dict[str, Any]:
+    with serving(pattern, url) as base:
         out = subprocess.run(
             [sys.executable, "-m", "benchmarks.load", base, str(SECONDS), str(CONCURRENCY)],
             cwd=ROOT,
@@ -67,9 +83,6 @@ def _serve_and_load(pattern: str, url: str) -> dict[str, Any]:
             timeout=120,
         )
         return dict(json.loads(out.stdout))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def run_servers(workdir: Path) -> dict[str, dict[str, Any]]:

@@ -17,7 +17,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +28,9 @@ from starlette.types import ASGIApp, Message
 
 import uow
 from benchmarks import apps
+from benchmarks.overhead import per_call_us, per_call_us_async
 from uow._threads import finish, shielded
 from uow.starlette import UnitOfWorkMiddleware
-
-
-def _per_call_us(fn: Callable[[int], Any], calls: int) -> float:
-    start = time.perf_counter()
-    for i in range(calls):
-        fn(i)
-    return (time.perf_counter() - start) / calls * 1e6
-
-
-async def _per_call_us_async(fn: Callable[[int], Awaitable[Any]], calls: int) -> float:
-    start = time.perf_counter()
-    for i in range(calls):
-        await fn(i)
-    return (time.perf_counter() - start) / calls * 1e6
 
 
 def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
@@ -68,10 +54,10 @@ def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
     variants = {"by hand (commits)": by_hand, "read-write unit": read_write, "read-only unit": read_only}
     out: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
-        _per_call_us(fn, calls)  # warm up
+        per_call_us(fn, calls)  # warm up
     for _ in range(rounds):
         for name, fn in variants.items():
-            out[name].append(_per_call_us(fn, calls))
+            out[name].append(per_call_us(fn, calls))
     engine.dispose()
     return out
 
@@ -145,10 +131,10 @@ async def hand_off(calls: int, rounds: int) -> dict[str, list[float]]:
     variants = {"uow finisher": finisher, "anyio.to_thread in a shielding task": anyio_in_a_shielding_task}
     out: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
-        await _per_call_us_async(fn, calls)
+        await per_call_us_async(fn, calls)
     for _ in range(rounds):
         for name, fn in variants.items():
-            out[name].append(await _per_call_us_async(fn, calls))
+            out[name].append(await per_call_us_async(fn, calls))
     return out
 
 
