@@ -501,7 +501,11 @@ async def test_small_pool_many_concurrent_units_complete(small_pool_engine: Engi
 
         await uow.run_sync(write)
         results.append(
-            int(await uow.run_sync(lambda: manager.current_session().scalar(select(func.count(Item.id)))))
+            int(
+                await uow.run_sync(
+                    lambda: manager.current_session().scalars(select(func.count(Item.id))).one()
+                )
+            )
         )
 
     started = time.monotonic()

@@ -133,7 +133,7 @@ def test_async_hook_in_a_sync_unit_is_refused(manager: uow.UnitOfWorkManager) ->
 
 def test_manager_refuses_what_it_cannot_bind() -> None:
     with pytest.raises(uow.InvalidOptionError, match="Engine"):
-        uow.UnitOfWorkManager(object())  # type: ignore[arg-type]
+        uow.UnitOfWorkManager(object())  # type: ignore[call-overload]
 
 
 OPTION_VALUES = {

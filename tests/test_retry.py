@@ -81,6 +81,7 @@ def test_serializable_increments_from_threads_are_exact(pg_engine: Engine) -> No
         session = manager.current_session()
         assert session.connection().get_isolation_level() == "SERIALIZABLE"
         counter = session.get(Counter, 1)
+        assert counter is not None
         time.sleep(0.002)  # widen the read-modify-write window so the writers collide
         counter.value += 1
 
@@ -390,7 +391,7 @@ async def test_the_debug_record_of_each_run_counts_the_retries_before_it(
 
 def test_retry_on_must_be_callable(engine: Engine) -> None:
     with pytest.raises(uow.InvalidOptionError):
-        uow.UnitOfWorkManager(engine, retry_on="40001")  # type: ignore[arg-type]
+        uow.UnitOfWorkManager(engine, retry_on="40001")  # type: ignore[call-overload]
 
 
 def test_with_block_refuses_retry(manager: uow.UnitOfWorkManager) -> None:
@@ -424,6 +425,7 @@ async def test_async_session_serializable_increments_from_tasks(
         attempts += 1
         session = manager.current_session()
         counter = await session.get(Counter, 1)
+        assert counter is not None
         await anyio.sleep(0.002)  # let the other tasks read the same value
         counter.value += 1
 

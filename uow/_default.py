@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import _registry
-from ._compat import AsyncEngine, async_sessionmaker
+from ._compat import AsyncEngine, AsyncSession, async_sessionmaker
 from ._options import Propagation
 from .decorators import UnitOfWork
 from .exceptions import InvalidOptionError
@@ -28,14 +28,36 @@ __all__ = [
 ]
 
 
+SyncS = TypeVar("SyncS", bound=Session)
+AsyncS = TypeVar("AsyncS", bound=AsyncSession)
+M = TypeVar("M", bound=UnitOfWorkManager[Any])
+
+
+@overload
+def configure(bind: M) -> M: ...
+@overload
+def configure(bind: sessionmaker[SyncS], **options: Any) -> UnitOfWorkManager[SyncS]: ...
+@overload
+def configure(bind: async_sessionmaker[AsyncS], **options: Any) -> UnitOfWorkManager[AsyncS]: ...
+@overload
+def configure(bind: Engine, *, class_: type[SyncS], **options: Any) -> UnitOfWorkManager[SyncS]: ...
+@overload
+def configure(bind: Engine, **options: Any) -> UnitOfWorkManager[Session]: ...
+@overload
+def configure(bind: AsyncEngine, *, class_: type[AsyncS], **options: Any) -> UnitOfWorkManager[AsyncS]: ...
+@overload
+def configure(bind: AsyncEngine, **options: Any) -> UnitOfWorkManager[AsyncSession]: ...
 def configure(
-    bind: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any] | UnitOfWorkManager,
+    bind: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any] | UnitOfWorkManager[Any],
     **options: Any,
-) -> UnitOfWorkManager:
+) -> UnitOfWorkManager[Any]:
     """Set the default manager, used by ``uow.transactional``, ``uow.session`` and the rest.
 
     *bind* and *options* are those of :class:`UnitOfWorkManager`, or pass a
-    ready manager. Returns the manager. Calling it again replaces the default.
+    ready manager. Returns the manager, typed with its session class
+    (``UnitOfWorkManager[sqlmodel.Session]`` after ``configure(engine,
+    class_=sqlmodel.Session)``): use its ``session`` where the type checker
+    should know the class. Calling it again replaces the default.
     """
     if isinstance(bind, UnitOfWorkManager):
         if options:
@@ -86,7 +108,12 @@ def unit_of_work(
 
 
 def current_session() -> Any:
-    """Return the innermost open unit's session; raise :class:`NoActiveUnitOfWork` outside one."""
+    """Return the innermost open unit's session; raise :class:`NoActiveUnitOfWork` outside one.
+
+    Typed ``Any``: the default manager's session class is not known to the
+    type checker. ``manager.current_session()`` of the manager that
+    ``configure`` returned is typed with it.
+    """
     return get_manager().current_session()
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, overload
 
 import anyio.to_thread
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from typing_extensions import TypeVar
 
-from ._compat import AsyncEngine, async_sessionmaker
+from ._compat import AsyncEngine, AsyncSession, async_sessionmaker
 from ._options import Propagation
 from ._transaction import Binding
 from .decorators import UnitOfWork, transactional
@@ -23,9 +24,13 @@ __all__ = ["UnitOfWorkManager"]
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+#: the class of the sessions a manager hands out (``Any`` where it is not known)
+S = TypeVar("S", bound="Session | AsyncSession", default=Any)
+SyncS = TypeVar("SyncS", bound=Session)
+AsyncS = TypeVar("AsyncS", bound=AsyncSession)
 
 
-class UnitOfWorkManager(Binding):
+class UnitOfWorkManager(Binding, Generic[S]):
     """Bind units of work to a session factory, and track the current one.
 
     *bind* is a ``sessionmaker``, ``async_sessionmaker``, ``Engine`` or
@@ -38,8 +43,100 @@ class UnitOfWorkManager(Binding):
     errors and log records (default: the engine's URL without its password).
     A direct ``commit()`` or ``rollback()`` on a unit's session warns with
     :class:`UnitOfWorkWarning`; with *strict* it raises :class:`DirectEndError`.
+
+    The manager is generic in its session class, for type checkers:
+    ``UnitOfWorkManager(engine, class_=sqlmodel.Session)`` or
+    ``UnitOfWorkManager(sessionmaker(engine, class_=sqlmodel.Session, ...))``
+    is a ``UnitOfWorkManager[sqlmodel.Session]``, whose :attr:`session` and
+    :meth:`current_session` are typed ``sqlmodel.Session``; from an engine
+    alone it is a ``UnitOfWorkManager[Session]`` (``[AsyncSession]`` from an
+    ``AsyncEngine``).
     """
 
+    @overload
+    def __init__(
+        self: UnitOfWorkManager[SyncS],
+        bind: sessionmaker[SyncS],
+        *,
+        sqlite_savepoints: bool = ...,
+        retry_on: Callable[[BaseException], bool] | None = ...,
+        retry_backoff: tuple[float, float] = ...,
+        name: str | None = ...,
+        strict: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: UnitOfWorkManager[AsyncS],
+        bind: async_sessionmaker[AsyncS],
+        *,
+        sqlite_savepoints: bool = ...,
+        retry_on: Callable[[BaseException], bool] | None = ...,
+        retry_backoff: tuple[float, float] = ...,
+        name: str | None = ...,
+        strict: bool = ...,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: UnitOfWorkManager[SyncS],
+        bind: Engine,
+        *,
+        class_: type[SyncS],
+        sqlite_savepoints: bool = ...,
+        retry_on: Callable[[BaseException], bool] | None = ...,
+        retry_backoff: tuple[float, float] = ...,
+        name: str | None = ...,
+        strict: bool = ...,
+        **session_options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: UnitOfWorkManager[Session],
+        bind: Engine,
+        *,
+        sqlite_savepoints: bool = ...,
+        retry_on: Callable[[BaseException], bool] | None = ...,
+        retry_backoff: tuple[float, float] = ...,
+        name: str | None = ...,
+        strict: bool = ...,
+        **session_options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: UnitOfWorkManager[AsyncS],
+        bind: AsyncEngine,
+        *,
+        class_: type[AsyncS],
+        sqlite_savepoints: bool = ...,
+        retry_on: Callable[[BaseException], bool] | None = ...,
+        retry_backoff: tuple[float, float] = ...,
+        name: str | None = ...,
+        strict: bool = ...,
+        **session_options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: UnitOfWorkManager[AsyncSession],
+        bind: AsyncEngine,
+        *,
+        sqlite_savepoints: bool = ...,
+        retry_on: Callable[[BaseException], bool] | None = ...,
+        retry_backoff: tuple[float, float] = ...,
+        name: str | None = ...,
+        strict: bool = ...,
+        **session_options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: UnitOfWorkManager[Any],
+        bind: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any],
+        *,
+        sqlite_savepoints: bool = ...,
+        retry_on: Callable[[BaseException], bool] | None = ...,
+        retry_backoff: tuple[float, float] = ...,
+        name: str | None = ...,
+        strict: bool = ...,
+        **session_options: Any,
+    ) -> None: ...
     def __init__(
         self,
         bind: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any],
@@ -126,9 +223,20 @@ class UnitOfWorkManager(Binding):
         return UnitOfWork(lambda: self, **options)
 
     @property
-    def session(self) -> Session:
-        """A proxy to :meth:`current_session` (typed as ``Session``)."""
+    def session(self) -> S:
+        """A proxy to :meth:`current_session`, typed as this manager's session class.
+
+        The typed way to reach the current session: ``uow.session`` is typed
+        ``Session`` whatever the class, while ``manager.session`` of a
+        ``UnitOfWorkManager[sqlmodel.Session]`` is a ``sqlmodel.Session`` to
+        the type checker (``manager.session.exec(...)``).
+        """
         return self._proxy  # type: ignore[return-value]
+
+    def current_session(self) -> S:
+        """Return the session of the innermost open unit; raise :class:`NoActiveUnitOfWork`."""
+        session: S = super().current_session()
+        return session
 
     async def run_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking *fn* in a worker thread with the caller's context; see :func:`uow.run_sync`."""

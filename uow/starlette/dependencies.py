@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy.orm import Session
+
+from .._compat import AsyncSession
 from .._default import get_manager
 from ..manager import UnitOfWorkManager
+
+S = TypeVar("S", bound="Session | AsyncSession")
 
 __all__ = ["provide_session", "session_dependency"]
 
@@ -18,14 +23,21 @@ async def provide_session() -> Any:
     threadpool hop; no I/O happens here (the session is made, not used).
     With a sync engine, use the session from ``def`` endpoints (they run in
     the threadpool), or through ``await uow.run_sync(...)``.
+    It returns ``Any``: annotate the parameter with your session class
+    (``db: sqlmodel.Session = Depends(provide_session)``), or use
+    :func:`session_dependency` of a typed manager.
     """
     return get_manager().current_session()
 
 
-def session_dependency(manager: UnitOfWorkManager) -> Callable[[], Coroutine[Any, Any, Any]]:
-    """Return a dependency like :func:`provide_session` for *manager* instead of the default."""
+def session_dependency(manager: UnitOfWorkManager[S]) -> Callable[[], Coroutine[Any, Any, S]]:
+    """Return a dependency like :func:`provide_session` for *manager* instead of the default.
 
-    async def provide() -> Any:
+    It is typed with the manager's session class: ``sqlmodel.Session`` for a
+    ``UnitOfWorkManager[sqlmodel.Session]``.
+    """
+
+    async def provide() -> S:
         return manager.current_session()
 
     return provide
