@@ -95,6 +95,21 @@ def test_without_a_class_the_session_is_sqlalchemys(engine: Engine) -> None:
     assert_type(untyped.session, Any)
 
 
+def test_current_session_with_a_class_is_typed_and_checked(heroes: Engine) -> None:
+    uow.configure(heroes, class_=sqlmodel.Session)
+    with uow.unit_of_work():
+        session = uow.current_session(sqlmodel.Session)
+        assert_type(session, sqlmodel.Session)
+        assert_type(uow.current_session(), Any)
+        session.add(Hero(name="dee"))
+        assert session.exec(select(Hero.name)).all() == ["dee"]
+    uow.configure(heroes)  # a plain Session: asking for SQLModel's is a clear error
+    with uow.unit_of_work(), pytest.raises(uow.SessionKindError, match="class_=sqlmodel"):
+        uow.current_session(sqlmodel.Session)
+    with pytest.raises(uow.NoActiveUnitOfWork):
+        uow.current_session(sqlmodel.Session)
+
+
 @pytest.mark.anyio
 async def test_an_async_manager_is_typed_with_async_sessions(async_engine: AsyncEngine) -> None:
     manager = uow.UnitOfWorkManager(async_engine)

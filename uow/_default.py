@@ -12,7 +12,7 @@ from . import _registry
 from ._compat import AsyncEngine, AsyncSession, async_sessionmaker
 from ._options import Propagation
 from .decorators import UnitOfWork
-from .exceptions import InvalidOptionError
+from .exceptions import InvalidOptionError, SessionKindError
 from .manager import UnitOfWorkManager
 from .proxy import SessionProxy
 
@@ -107,14 +107,30 @@ def unit_of_work(
     )
 
 
-def current_session() -> Any:
+SessionT = TypeVar("SessionT", bound="Session | AsyncSession")
+
+
+@overload
+def current_session() -> Any: ...
+@overload
+def current_session(class_: type[SessionT]) -> SessionT: ...
+def current_session(class_: type[Any] | None = None) -> Any:
     """Return the innermost open unit's session; raise :class:`NoActiveUnitOfWork` outside one.
 
-    Typed ``Any``: the default manager's session class is not known to the
-    type checker. ``manager.current_session()`` of the manager that
-    ``configure`` returned is typed with it.
+    Without *class_* it is typed ``Any``, since the type checker cannot know
+    the default manager's session class. ``uow.current_session(sqlmodel.Session)``
+    is typed ``sqlmodel.Session``, and raises :class:`SessionKindError` if the
+    session is not one (uow configured without ``class_=sqlmodel.Session``).
     """
-    return get_manager().current_session()
+    session = get_manager().current_session()
+    if class_ is not None and not isinstance(session, class_):
+        raise SessionKindError(
+            f"the current session is a {type(session).__name__}, not a "
+            f"{class_.__module__}.{class_.__qualname__}: configure uow with "
+            f"class_={class_.__module__}.{class_.__qualname__} (uow.configure(engine, class_=...)), "
+            "or build its sessionmaker with that class"
+        )
+    return session
 
 
 def on_commit(

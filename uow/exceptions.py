@@ -91,8 +91,9 @@ class ReadOnlyViolation(UnitOfWorkError):
 class SessionKindError(UnitOfWorkError, TypeError):
     """Raised when sync and async are mixed in a way that cannot work.
 
-    A sync unit on a manager that makes ``AsyncSession`` objects, or an async
-    hook registered in a unit that is finished synchronously.
+    A sync unit on a manager that makes ``AsyncSession`` objects, an async
+    hook registered in a unit that is finished synchronously, or
+    ``uow.current_session(cls)`` when the session is not a *cls*.
     """
 
 
