@@ -16,8 +16,10 @@ import uow
 from uow.starlette import UnitOfWorkMiddleware, provide_session
 from uow.starlette import lifespan as uow_lifespan
 
+# --8<-- [start:setup]
 engine = create_engine(os.environ.get("DATABASE_URL", "sqlite:///app.db"))
-uow.configure(engine, class_=sqlmodel.Session)
+uow.configure(engine, class_=sqlmodel.Session)  # sessions with exec(), expire_on_commit=False
+# --8<-- [end:setup]
 FIRST_SUPERUSER = "admin@example.com"
 
 
