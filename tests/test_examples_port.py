@@ -16,10 +16,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
-from tests.conftest import pg_url
-from tests.examples import EXAMPLES, ROOT
+import uow
+from tests.conftest import Item, names, pg_url
+from tests.examples import EXAMPLES, ROOT, client
+from uow.starlette import UnitOfWorkMiddleware
 
 PORT = EXAMPLES / "port"
 
@@ -62,3 +75,42 @@ def test_the_ported_app_type_checks_under_mypy_strict(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# --- what the testing page says of fixtures that keep a session of their own ---------------
+
+
+@pytest.mark.anyio
+async def test_a_fixtures_uncommitted_write_holds_up_the_request_until_it_commits(engine: Engine) -> None:
+    """The request's INSERT of the same unique name waits on the fixture's open transaction."""
+    uow.configure(engine)
+
+    def create(request: Request) -> PlainTextResponse:
+        uow.session.add(Item(name="ada"))
+        try:
+            uow.session.flush()
+        except IntegrityError:
+            raise HTTPException(409, "taken") from None
+        return PlainTextResponse("created", status_code=201)
+
+    app = Starlette(
+        routes=[Route("/", create, methods=["POST"])], middleware=[Middleware(UnitOfWorkMiddleware)]
+    )
+    fixture = Session(engine)  # a module-scoped fixture's own session
+    fixture.add(Item(name="ada"))
+    fixture.flush()  # what a helper does after the port: no commit
+    responses: list[httpx.Response] = []
+    try:
+        async with client(app) as http, anyio.create_task_group() as tasks:
+
+            async def post() -> None:
+                responses.append(await http.post("/"))
+
+            tasks.start_soon(post)
+            await anyio.sleep(1)
+            assert responses == []  # still waiting for the fixture's transaction
+            await anyio.to_thread.run_sync(fixture.commit)  # the fix: commit the fixture's writes
+    finally:
+        fixture.close()
+    assert [r.status_code for r in responses] == [409]  # answered at once, and correctly
+    assert names(engine) == ["ada"]
