@@ -19,6 +19,8 @@ from sqlalchemy import Engine
 from tests.examples import Load, client, example_loader, rows
 
 load_example = example_loader("migration")
+#: why a "before" test of a library uow is compared with is skipped
+BENCH_EXTRA = "the libraries uow is compared with come with the bench extra: pip install -e '.[bench]'"
 
 
 # --- request.state.db middleware, helpers that commit -----------------------------------
@@ -93,7 +95,7 @@ async def withdraw(app: Any, amount: int) -> httpx.Response:
 @pytest.mark.parametrize("name", ["base_http_before.py", "fastapi_sqlalchemy_before.py"])
 async def test_before_commits_the_work_of_a_409(load_example: Load, tmp_path: Path, name: str) -> None:
     if name.startswith("fastapi_sqlalchemy"):
-        pytest.importorskip("fastapi_sqlalchemy")
+        pytest.importorskip("fastapi_sqlalchemy", reason=BENCH_EXTRA)
     module = load_example(name)
     seed_account(module.engine)
     assert (await withdraw(module.app, 30)).json() == {"balance": 70}
@@ -124,7 +126,7 @@ def test_fastapi_sqlalchemy_jobs_outside_requests(load_example: Load, tmp_path: 
 
 
 def test_fastapi_sqlalchemy_before_job(load_example: Load, tmp_path: Path) -> None:
-    pytest.importorskip("fastapi_sqlalchemy")
+    pytest.importorskip("fastapi_sqlalchemy", reason=BENCH_EXTRA)
     before = load_example("fastapi_sqlalchemy_before.py")
     seed_account(before.engine)
     before.app.build_middleware_stack()  # DBSessionMiddleware sets its session factory when built
@@ -139,7 +141,7 @@ def test_fastapi_sqlalchemy_before_job(load_example: Load, tmp_path: Path) -> No
 async def test_advanced_alchemy_before_answers_201_for_a_commit_that_failed(
     load_example: Load, tmp_path: Path
 ) -> None:
-    pytest.importorskip("advanced_alchemy")
+    pytest.importorskip("advanced_alchemy", reason=BENCH_EXTRA)
     module = load_example("advanced_alchemy_before.py")
     async with client(module.app, raise_app_exceptions=False) as http:
         assert (await http.post("/users", params={"email": "ada@example.com"})).status_code == 201
