@@ -35,7 +35,7 @@ from starlette.routing import Route
 
 import uow
 import uow.otel
-from tests.conftest import Counter, Item, make_engine
+from tests.conftest import Counter, Item, asyncio_and_trio, make_engine
 from tests.examples import client
 from uow.starlette import UnitOfWorkMiddleware
 
@@ -549,6 +549,7 @@ async def test_async_session_units_and_savepoints(
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_async_def_on_a_sync_engine_traces_its_worker_threads(
     traced: Engine, telemetry: Telemetry
 ) -> None:
