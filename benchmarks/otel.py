@@ -5,8 +5,9 @@
 Each measurement runs in a fresh process whose ``uow`` comes from a checkout
 (``PYTHONPATH``): this tree's, and with ``--baseline`` another one's (a checkout
 without ``uow.otel``, to show that the code path when off costs what it did).
-Processes alternate round by round (a shared, noisy machine); every figure is
-the median over rounds, in microseconds per call.
+Processes alternate round by round; every figure is the fastest round, in
+microseconds per call: on a shared machine the other load only ever adds time,
+so the minimum is the figure least disturbed by it (as ``timeit`` advises).
 
 Variants: a unit that does nothing (``@transactional`` around a bare function:
 the most sensitive to any added cost) and a unit that reads a row by primary
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,7 +125,7 @@ def _run_child(checkout: Path, mode: str, url: str, calls: int) -> dict[str, flo
 
 
 def run(baseline: Path | None, smoke: bool) -> dict[str, dict[str, float]]:
-    """Return the median µs per call of each (checkout, mode) column, per variant."""
+    """Return the fastest round's µs per call of each (checkout, mode) column, per variant."""
     calls, rounds = (50, 1) if smoke else (2000, 9)
     columns: list[tuple[str, Path, str]] = [("this tree, " + mode, TREE, mode) for mode in MODES]
     if baseline is not None:
@@ -143,7 +143,7 @@ def run(baseline: Path | None, smoke: bool) -> dict[str, dict[str, float]]:
                 for variant, us in _run_child(checkout, mode, url, calls).items():
                     samples[label].setdefault(variant, []).append(us)
     return {
-        label: {variant: statistics.median(values) for variant, values in variants.items()}
+        label: {variant: min(values) for variant, values in variants.items()}
         for label, variants in samples.items()
     }
 
