@@ -210,6 +210,34 @@ async def test_a_request_is_the_parent_of_its_unit_and_the_unit_of_its_statement
     assert _attr(request, "uow.outcome") == "commit"
 
 
+@pytest.mark.anyio  # an AsyncEngine: aiosqlite and asyncpg run on asyncio
+async def test_an_async_endpoint_on_an_async_engine_has_the_same_tree(
+    async_engine: AsyncEngine, telemetry: Telemetry, backend: str
+) -> None:
+    _instrument_engine(async_engine.sync_engine, telemetry)
+    try:
+        manager = uow.UnitOfWorkManager(async_engine)
+
+        async def create(request: Request) -> Response:
+            session = manager.current_session()
+            session.add(Item(name="ada"))
+            await session.flush()
+            return PlainTextResponse("made", status_code=201)
+
+        async with client(_app(telemetry, manager, Route("/items", create, methods=["POST"]))) as http:
+            assert (await http.post("/items")).status_code == 201
+    finally:
+        SQLAlchemyInstrumentor().uninstrument()
+
+    request = _request_span(telemetry)
+    unit = telemetry.one("uow.unit")
+    assert _parent(unit) == _id(request)
+    (insert,) = telemetry.inserts()
+    assert _parent(insert) == _id(unit)
+    assert _attr(unit, "db.system") == backend
+    assert _attr(unit, "uow.outcome") == _attr(request, "uow.outcome") == "commit"
+
+
 @pytest.mark.anyio
 async def test_a_unit_of_a_function_inside_a_request_nests_under_the_requests_unit(
     traced: Engine, telemetry: Telemetry
@@ -590,6 +618,30 @@ def test_uninstrument_stops_spans_and_metrics(traced: Engine, telemetry: Telemet
     assert _parent(seen) == _id(unit)
     assert _parent(unseen) is None  # traced by SQLAlchemy's instrumentation, with no unit above it
     assert telemetry.total("uow.unit.started") == 1
+
+
+def test_instrument_without_providers_uses_the_global_ones() -> None:
+    """The global providers can be set once per process: this runs in a process of its own."""
+    code = (
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "from opentelemetry.sdk.trace.export import SimpleSpanProcessor\n"
+        "from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter\n"
+        "from sqlalchemy import create_engine\n"
+        "import uow, uow.otel\n"
+        "uow.otel.instrument()  # before the global provider is set: OpenTelemetry's proxy follows it\n"
+        "exporter = InMemorySpanExporter()\n"
+        "provider = TracerProvider()\n"
+        "provider.add_span_processor(SimpleSpanProcessor(exporter))\n"
+        "trace.set_tracer_provider(provider)\n"
+        "with uow.UnitOfWorkManager(create_engine('sqlite://')).unit_of_work():\n"
+        "    pass\n"
+        "assert [s.name for s in exporter.get_finished_spans()] == ['uow.unit']\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
 
 
 def test_import_uow_imports_no_opentelemetry() -> None:
