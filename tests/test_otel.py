@@ -37,7 +37,7 @@ import uow
 import uow.otel
 from tests.conftest import Counter, Item, asyncio_and_trio, make_engine
 from tests.examples import client
-from uow.starlette import UnitOfWorkMiddleware
+from uow.starlette import BackgroundTask, UnitOfWorkMiddleware
 
 
 class Telemetry:
@@ -274,6 +274,31 @@ async def test_a_unit_of_a_function_inside_a_request_nests_under_the_requests_un
     joined_row, savepoint_row = telemetry.inserts()
     assert _parent(joined_row) == _id(unit)
     assert _parent(savepoint_row) == _id(savepoint)
+
+
+@pytest.mark.anyio
+async def test_a_background_tasks_unit_is_a_child_of_the_request_not_of_its_ended_unit(
+    traced: Engine, telemetry: Telemetry
+) -> None:
+    manager = uow.UnitOfWorkManager(traced)
+
+    def welcome(name: str) -> None:
+        manager.session.add(Item(name=name))
+
+    def create(request: Request) -> Response:
+        manager.session.add(Item(name="ada"))
+        task = BackgroundTask(welcome, "welcome ada").using(manager)
+        return PlainTextResponse("made", status_code=201, background=task)
+
+    async with client(_app(telemetry, manager, Route("/items", create, methods=["POST"]))) as http:
+        assert (await http.post("/items")).status_code == 201
+
+    request = _request_span(telemetry)
+    unit, background = sorted(telemetry.spans("uow.unit"), key=lambda s: s.start_time or 0)
+    assert _parent(unit) == _parent(background) == _id(request)
+    request_row, background_row = telemetry.inserts()
+    assert _parent(request_row) == _id(unit)  # flushed by the COMMIT, on a finisher thread
+    assert _parent(background_row) == _id(background)
 
 
 @pytest.mark.anyio

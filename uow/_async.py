@@ -189,7 +189,7 @@ async def end_async(
         timed = observation if how == "commit" else None
         if timed is not None:
             timed.commit_started()
-        io_error, cancelled = await _end_session(tx, how)
+        io_error, cancelled = await _end_session(tx, how, traced=observation is not None)
         if timed is not None:
             timed.commit_ended(io_error)
     result = end_result(plan, exc, io_error)
@@ -234,8 +234,14 @@ async def _start(tx: Transaction, options: dict[str, Any]) -> None:
         raise
 
 
-async def _end_session(tx: Transaction, how: SessionEnd) -> tuple[BaseException | None, BaseException | None]:
-    """Commit, roll back or close; return the error and a cancellation that came meanwhile."""
+async def _end_session(
+    tx: Transaction, how: SessionEnd, traced: bool = False
+) -> tuple[BaseException | None, BaseException | None]:
+    """Commit, roll back or close; return the error and a cancellation that came meanwhile.
+
+    *traced*: the finisher thread runs in the caller's context (the flush before
+    the COMMIT belongs to the unit's span).
+    """
     session = tx.session
     if session is None:
         return None, None
@@ -244,7 +250,10 @@ async def _end_session(tx: Transaction, how: SessionEnd) -> tuple[BaseException 
     if tx.lock_is_free() and not tx.needs_io_to_end():
         return end_session(session, how), None  # nothing to send: no thread needed
     # tx.locked waits for a thread still working on the session (a task of the unit's)
-    return await finish(functools.partial(tx.locked, end_session, session, how))
+    end = functools.partial(tx.locked, end_session, session, how)
+    if traced:
+        end = functools.partial(contextvars.copy_context().run, end)
+    return await finish(end)
 
 
 async def _end_async_session(session: AsyncSession, how: SessionEnd) -> BaseException | None:
