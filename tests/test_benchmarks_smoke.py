@@ -70,3 +70,15 @@ def test_headline_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert rows[headline.FLOOR]["ratio"] == 1.0
         assert rows["uow UnitOfWorkMiddleware (Starlette)"]["failures"] == 0
     assert "| uow UnitOfWorkMiddleware (Starlette) |" in page.read_text()
+
+
+def test_otel_costs_smoke_run() -> None:
+    """Each mode runs in a process of its own against this tree's uow; a baseline is another checkout."""
+    from benchmarks import otel
+
+    results = otel.run(baseline=otel.TREE, smoke=True)  # this tree as its own baseline: "off" runs there
+    assert set(results) == {"baseline, off", *(f"this tree, {mode}" for mode in otel.MODES)}
+    for variants in results.values():
+        assert set(variants) == {"unit that does nothing", "unit that reads a row"}
+        assert all(us > 0 for us in variants.values())
+    assert "| unit that reads a row |" in otel.table(results)

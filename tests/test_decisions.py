@@ -23,6 +23,7 @@ from uow._decisions import (
     entering,
     hooks_to_run,
     is_transient,
+    rollback_cause,
     session_end,
     to_raise,
 )
@@ -137,6 +138,37 @@ def test_end_result(
     got = end_result(end, body, errors.get(io) if io else None)
     want = EndResult(result[0], errors.get(result[1]) if result[1] else None)
     assert got == want
+
+
+_COMMIT_FAILED = OSError("COMMIT failed")
+
+
+@pytest.mark.parametrize(
+    ("body", "plan", "result", "forced", "cause"),
+    [
+        ("commit", EndPlan(True, None), EndResult(True, None), False, None),
+        ("rollback", EndPlan(False, None), EndResult(False, None), False, "exception"),
+        ("rollback", EndPlan(False, None), EndResult(False, None), True, "request"),
+        (
+            "commit",
+            EndPlan(False, uow.UnexpectedRollback("x")),
+            EndResult(False, uow.UnexpectedRollback("x")),
+            False,
+            "rollback_only",
+        ),
+        (
+            "commit",
+            EndPlan(False, uow.ReadOnlyViolation("x")),
+            EndResult(False, uow.ReadOnlyViolation("x")),
+            False,
+            "read_only_violation",
+        ),
+        ("commit", EndPlan(True, None), EndResult(False, _COMMIT_FAILED), False, "commit_failed"),
+        ("commit", EndPlan(True, None), EndResult(False, _COMMIT_FAILED), True, "commit_failed"),
+    ],
+)
+def test_rollback_cause(body: str, plan: EndPlan, result: EndResult, forced: bool, cause: str | None) -> None:
+    assert rollback_cause(body, plan, result, forced) == cause  # type: ignore[arg-type]
 
 
 def test_hooks_to_run(binding: Binding) -> None:

@@ -20,8 +20,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 
 import uow
+import uow.otel
 from tests.examples import EXAMPLES, Load, client, example_loader, rows
 
 load_example = example_loader()
@@ -334,4 +336,33 @@ def test_observability_logger_and_events(load_example: Load, capsys: pytest.Capt
         "unit commit propagation=REQUIRED retries=0",
         "unit rollback propagation=REQUIRED retries=0",
         "session began / COMMIT / session began / ROLLBACK",
+    ]
+
+
+def test_observability_opentelemetry_trace_tree(
+    load_example: Load, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        module = load_example("observability/tracing.py")
+        module.main()
+    finally:
+        uow.otel.uninstrument()
+        SQLAlchemyInstrumentor().uninstrument()
+    savepoint = f"code.function.name={module.__name__}.grant_welcome_credit"
+    assert capsys.readouterr().out.splitlines() == [
+        "201 {'id': 1, 'users': 1}",
+        "POST /users  uow.commit_mode=autocommit uow.decision=commit uow.outcome=commit "
+        "uow.response_status=201 http.status_code=201",
+        "    uow.unit  uow.propagation=REQUIRES_NEW uow.read_only=False uow.retries=0 uow.outcome=commit",
+        "        connect",
+        "        BEGIN traced.db  db.statement=BEGIN",
+        "        INSERT traced.db  db.statement=INSERT INTO users (email) VALUES (?)",
+        "        uow.savepoint  uow.propagation=NESTED uow.read_only=False uow.retries=0 "
+        f"{savepoint} uow.outcome=commit",
+        "            SAVEPOINT traced.db  db.statement=SAVEPOINT sa_savepoint_1",
+        "            INSERT traced.db  db.statement=INSERT INTO credits (user_id) VALUES (?)",
+        "            RELEASE traced.db  db.statement=RELEASE SAVEPOINT sa_savepoint_1",
+        "        SELECT traced.db  db.statement=SELECT count(users.id) AS count_1 FROM users",
+        "    POST /users http send  http.status_code=201",
+        "    POST /users http send",
     ]

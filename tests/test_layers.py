@@ -115,6 +115,24 @@ def test_the_core_never_imports_an_integration() -> None:
         }, name
 
 
+def test_only_uow_otel_imports_opentelemetry() -> None:
+    """OpenTelemetry is optional: the core reaches it only through the observer slot that uow.otel fills."""
+    importing = sorted(
+        name
+        for name, path in MODULES.items()
+        if "opentelemetry"
+        in {
+            alias.split(".")[0]
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            )
+        }
+    )
+    assert importing == ["uow.otel"]
+
+
 def test_listeners_are_installed_on_every_new_factory_even_where_an_id_is_reused() -> None:
     """uow marks the session class it listens on; it never asks SQLAlchemy's id()-keyed registry."""
     import gc

@@ -9,6 +9,7 @@ cancellation, which is raised once the unit has ended.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import inspect
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 import anyio.to_thread
 from sqlalchemy.orm import Session
 
+from . import _observe
 from ._compat import AsyncSession
 from ._decisions import (
     Action,
@@ -28,9 +30,11 @@ from ._decisions import (
     entering,
     hook_failure,
     hooks_to_run,
+    rollback_cause,
     session_end,
     to_raise,
 )
+from ._observe import Observation
 from ._options import UnitOptions, check_joinable
 from ._sync import end_savepoint, end_session
 from ._threads import finish, raise_after, session_thread, shielded
@@ -43,13 +47,34 @@ __all__ = ["AsyncBlock", "end_async", "run_hooks_async"]
 class AsyncBlock:
     """Enter and leave one unit from async code."""
 
-    __slots__ = ("action", "attempt", "binding", "boundary", "options", "serial_token", "token")
+    __slots__ = (
+        "action",
+        "attempt",
+        "binding",
+        "boundary",
+        "function",
+        "options",
+        "retried",
+        "serial_token",
+        "token",
+    )
 
-    def __init__(self, binding: Binding, options: UnitOptions, attempt: int = 0) -> None:
+    def __init__(
+        self,
+        binding: Binding,
+        options: UnitOptions,
+        attempt: int = 0,
+        *,
+        function: Any = None,
+        retried: BaseException | None = None,
+    ) -> None:
         self.binding = binding
         self.options = options
         #: how many times a retrying decorator ran the unit before (for the DEBUG record)
         self.attempt = attempt
+        #: the decorated function, and the transient error that made this run a retry (for observers)
+        self.function = function
+        self.retried = retried
         self.boundary: Boundary | None = None
         self.token: Token[Boundary | None] | None = None
         self.serial_token: Token[Transaction | None] | None = None
@@ -94,6 +119,16 @@ class AsyncBlock:
                             holds_connection=tx.connected,
                         )
                     )
+        observer = _observe.observer
+        if observer is not None:
+            boundary.observation = observer.start(
+                options=options,
+                savepoint=action is Action.SAVEPOINT,
+                db_system=binding.dialect_name,
+                function=self.function,
+                attempt=self.attempt,
+                retried=self.retried,
+            )
         self.boundary = boundary
         self.token = binding.current.set(boundary)
         return boundary
@@ -113,8 +148,13 @@ class AsyncBlock:
             return None
         if self.serial_token is not None:
             serial_tx.reset(self.serial_token)
-        assert self.boundary is not None
-        error = await end_async(self.boundary, self.options, exc, savepoint=action is Action.SAVEPOINT)
+        boundary = self.boundary
+        assert boundary is not None
+        try:
+            error = await end_async(boundary, self.options, exc, savepoint=action is Action.SAVEPOINT)
+        finally:
+            if boundary.observation is not None:
+                boundary.observation.leave()
         if error is not None:
             raise error
         return None
@@ -137,13 +177,21 @@ async def end_async(
     raised afterwards, chained to the end's own error if there is one.
     """
     tx = boundary.tx
-    plan = end_plan(boundary, options, "rollback" if rollback else body_outcome(options, exc))
+    body = "rollback" if rollback else body_outcome(options, exc)
+    plan = end_plan(boundary, options, body)
+    observation = boundary.observation
     if savepoint:
         boundary.close_savepoint()
         io_error, cancelled = await _end_savepoint(boundary, plan.commit)
     else:
         tx.begin_end()
-        io_error, cancelled = await _end_session(tx, session_end(plan, tx))
+        how = session_end(plan, tx)
+        timed = observation if how == "commit" else None
+        if timed is not None:
+            timed.commit_started()
+        io_error, cancelled = await _end_session(tx, how, traced=observation is not None)
+        if timed is not None:
+            timed.commit_ended(io_error)
     result = end_result(plan, exc, io_error)
     if not savepoint:
         tx.finish(result.committed)
@@ -154,9 +202,17 @@ async def end_async(
     hooks = hooks_to_run(boundary, result.committed, savepoint)
     hook_error = None
     if hooks:
-        hook_error, late = await shielded(functools.partial(run_hooks_async, hooks, result.committed))
+        hook_error, late = await shielded(
+            functools.partial(run_hooks_async, hooks, result.committed, observation)
+        )
         cancelled = cancelled or late
     error = to_raise(exc, result.error, hook_error)
+    if observation is not None:
+        observation.end(
+            result.committed,
+            rollback_cause(body, plan, result, forced=rollback),
+            error if error is not None or result.committed else exc,
+        )
     raise_after(cancelled, error)
     return error
 
@@ -178,8 +234,14 @@ async def _start(tx: Transaction, options: dict[str, Any]) -> None:
         raise
 
 
-async def _end_session(tx: Transaction, how: SessionEnd) -> tuple[BaseException | None, BaseException | None]:
-    """Commit, roll back or close; return the error and a cancellation that came meanwhile."""
+async def _end_session(
+    tx: Transaction, how: SessionEnd, traced: bool = False
+) -> tuple[BaseException | None, BaseException | None]:
+    """Commit, roll back or close; return the error and a cancellation that came meanwhile.
+
+    *traced*: the finisher thread runs in the caller's context (the flush before
+    the COMMIT belongs to the unit's span).
+    """
     session = tx.session
     if session is None:
         return None, None
@@ -188,7 +250,10 @@ async def _end_session(tx: Transaction, how: SessionEnd) -> tuple[BaseException 
     if tx.lock_is_free() and not tx.needs_io_to_end():
         return end_session(session, how), None  # nothing to send: no thread needed
     # tx.locked waits for a thread still working on the session (a task of the unit's)
-    return await finish(functools.partial(tx.locked, end_session, session, how))
+    end = functools.partial(tx.locked, end_session, session, how)
+    if traced:
+        end = functools.partial(contextvars.copy_context().run, end)
+    return await finish(end)
 
 
 async def _end_async_session(session: AsyncSession, how: SessionEnd) -> BaseException | None:
@@ -214,7 +279,11 @@ async def _end_savepoint(
     """Release or roll back the savepoint; return the error and a cancellation that came meanwhile."""
     tx = boundary.tx
     if isinstance(tx.session, Session):
-        return await finish(functools.partial(tx.locked, end_savepoint, boundary.savepoint, commit))
+        end = functools.partial(tx.locked, end_savepoint, boundary.savepoint, commit)
+        if boundary.observation is not None:
+            # the RELEASE (or ROLLBACK TO) statement belongs to the savepoint's span
+            end = functools.partial(contextvars.copy_context().run, end)
+        return await finish(end)
     return await shielded(functools.partial(_end_async_savepoint, boundary.savepoint, commit))
 
 
@@ -236,7 +305,9 @@ def _boxed(fn: Callable[[], Any]) -> tuple[Any]:
     return (fn(),)
 
 
-async def run_hooks_async(hooks: list[Hook], committed: bool) -> HookError | None:
+async def run_hooks_async(
+    hooks: list[Hook], committed: bool, observation: Observation | None = None
+) -> HookError | None:
     """Run hooks first in, first out: async ones awaited, sync ones in a worker thread."""
     first: HookError | None = None
     for hook in hooks:
@@ -249,6 +320,8 @@ async def run_hooks_async(hooks: list[Hook], committed: bool) -> HookError | Non
                 if inspect.isawaitable(result):  # e.g. a lambda that returns a coroutine
                     await result
         except Exception as e:
+            if observation is not None:
+                observation.hook_failed(hook.fn, e, committed)
             failure = hook_failure(hook, e, committed)
             first = first or failure
     return first

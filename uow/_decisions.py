@@ -22,6 +22,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
+from ._observe import RollbackCause
 from ._options import Propagation, UnitOptions
 from ._transaction import Boundary, Hook, Transaction, has_pending_writes
 from .exceptions import HookError, PropagationError, ReadOnlyViolation, UnexpectedRollback
@@ -39,6 +40,7 @@ __all__ = [
     "hook_failure",
     "hooks_to_run",
     "is_transient",
+    "rollback_cause",
     "session_end",
     "to_raise",
 ]
@@ -193,6 +195,25 @@ def end_result(plan: EndPlan, body_exc: BaseException | None, io_error: BaseExce
             return EndResult(False, plan.error)
         return EndResult(False, io_error)
     return EndResult(plan.commit, plan.error)
+
+
+def rollback_cause(
+    body: Outcome, plan: EndPlan, result: EndResult, forced: bool = False
+) -> RollbackCause | None:
+    """Return why a boundary rolled back, for an observer (None: it committed).
+
+    *forced* is a rollback the caller asked for without an exception (the
+    request middleware's decision).
+    """
+    if result.committed:
+        return None
+    if body == "rollback":
+        return "request" if forced else "exception"
+    if isinstance(plan.error, UnexpectedRollback):
+        return "rollback_only"
+    if isinstance(plan.error, ReadOnlyViolation):
+        return "read_only_violation"
+    return "commit_failed"
 
 
 # --- 5. the hooks --------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import anyio.from_thread
 from sqlalchemy.orm import Session
 
+from . import _observe
 from ._decisions import (
     Action,
     SessionEnd,
@@ -23,9 +24,11 @@ from ._decisions import (
     entering,
     hook_failure,
     hooks_to_run,
+    rollback_cause,
     session_end,
     to_raise,
 )
+from ._observe import Observation
 from ._options import UnitOptions, check_joinable
 from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, logger
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
@@ -36,13 +39,24 @@ __all__ = ["SyncBlock", "end_savepoint", "end_session", "end_sync", "run_hooks"]
 class SyncBlock:
     """Enter and leave one unit from sync code."""
 
-    __slots__ = ("action", "attempt", "binding", "boundary", "options", "token")
+    __slots__ = ("action", "attempt", "binding", "boundary", "function", "options", "retried", "token")
 
-    def __init__(self, binding: Binding, options: UnitOptions, attempt: int = 0) -> None:
+    def __init__(
+        self,
+        binding: Binding,
+        options: UnitOptions,
+        attempt: int = 0,
+        *,
+        function: Any = None,
+        retried: BaseException | None = None,
+    ) -> None:
         self.binding = binding
         self.options = options
         #: how many times a retrying decorator ran the unit before (for the DEBUG record)
         self.attempt = attempt
+        #: the decorated function, and the transient error that made this run a retry (for observers)
+        self.function = function
+        self.retried = retried
         self.boundary: Boundary | None = None
         self.token: Token[Boundary | None] | None = None
 
@@ -95,6 +109,16 @@ class SyncBlock:
             tx.check_boundary(current)
             boundary = Boundary(tx, current)
             boundary.open_savepoint(session.begin_nested())
+        observer = _observe.observer
+        if observer is not None:
+            boundary.observation = observer.start(
+                options=options,
+                savepoint=action is Action.SAVEPOINT,
+                db_system=binding.dialect_name,
+                function=self.function,
+                attempt=self.attempt,
+                retried=self.retried,
+            )
         self.boundary = boundary
         self.token = binding.current.set(boundary)
         return boundary
@@ -112,8 +136,13 @@ class SyncBlock:
         self.binding.current.reset(self.token)
         if action is Action.SUSPEND:
             return None
-        assert self.boundary is not None
-        error = end_sync(self.boundary, self.options, exc, savepoint=action is Action.SAVEPOINT)
+        boundary = self.boundary
+        assert boundary is not None
+        try:
+            error = end_sync(boundary, self.options, exc, savepoint=action is Action.SAVEPOINT)
+        finally:
+            if boundary.observation is not None:
+                boundary.observation.leave()
         if error is not None:
             raise error
         return None
@@ -124,13 +153,21 @@ def end_sync(
 ) -> BaseException | None:
     """End a root or savepoint boundary whose body ended with *exc*; return what to raise."""
     tx = boundary.tx
-    plan = end_plan(boundary, options, body_outcome(options, exc))
+    body = body_outcome(options, exc)
+    plan = end_plan(boundary, options, body)
+    observation = boundary.observation
     if savepoint:
         boundary.close_savepoint()
         io_error = end_savepoint(boundary.savepoint, plan.commit)
     else:
         tx.begin_end()
-        io_error = end_session(tx.session, session_end(plan, tx))  # type: ignore[arg-type]
+        how = session_end(plan, tx)
+        timed = observation if how == "commit" else None
+        if timed is not None:
+            timed.commit_started()
+        io_error = end_session(tx.session, how)  # type: ignore[arg-type]
+        if timed is not None:
+            timed.commit_ended(io_error)
     result = end_result(plan, exc, io_error)
     if not savepoint:
         tx.finish(result.committed)
@@ -138,8 +175,16 @@ def end_sync(
         log_end(boundary, result.committed, savepoint)
     if savepoint and result.committed:
         boundary.merge_into_parent()
-    hook_error = run_hooks(hooks_to_run(boundary, result.committed, savepoint), result.committed)
-    return to_raise(exc, result.error, hook_error)
+    hooks = hooks_to_run(boundary, result.committed, savepoint)
+    hook_error = run_hooks(hooks, result.committed, observation)
+    error = to_raise(exc, result.error, hook_error)
+    if observation is not None:
+        observation.end(
+            result.committed,
+            rollback_cause(body, plan, result),
+            error if error is not None or result.committed else exc,
+        )
+    return error
 
 
 def end_session(session: Session | None, how: SessionEnd) -> BaseException | None:
@@ -180,7 +225,7 @@ def end_savepoint(savepoint: Any, commit: bool) -> BaseException | None:
     return None
 
 
-def run_hooks(hooks: list[Hook], committed: bool) -> HookError | None:
+def run_hooks(hooks: list[Hook], committed: bool, observation: Observation | None = None) -> HookError | None:
     """Run hooks first in, first out; return the first failure of a non-robust one."""
     first: HookError | None = None
     for hook in hooks:
@@ -204,6 +249,8 @@ def run_hooks(hooks: list[Hook], committed: bool) -> HookError | None:
                         "register a sync callable, or end the unit with async code"
                     )
         except Exception as e:
+            if observation is not None:
+                observation.hook_failed(hook.fn, e, committed)
             failure = hook_failure(hook, e, committed)
             first = first or failure
     return first

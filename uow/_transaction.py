@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from ._compat import AsyncEngine, async_sessionmaker
 from ._detect import is_async_callable
+from ._observe import Observation
 from ._options import UnitOptions
 from ._threads import running_asyncio
 from .exceptions import (
@@ -409,6 +410,7 @@ class Boundary:
     __slots__ = (
         "attempt",
         "commit_hooks",
+        "observation",
         "parent",
         "rollback_cause",
         "rollback_hooks",
@@ -430,6 +432,8 @@ class Boundary:
         self.rollback_hooks: list[Hook] = []
         #: earlier runs of this unit by a retrying decorator (0: the first run)
         self.attempt = 0
+        #: what an observer (uow.otel) follows of this boundary, None when unobserved
+        self.observation: Observation | None = None
         if parent is None:
             tx.innermost = self
 

@@ -101,19 +101,24 @@ def _sync_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         manager = get_manager()
         if not options.retry:
-            with SyncBlock(manager, options):
+            with SyncBlock(manager, options, function=wrapped):
                 return wrapped(*args, **kwargs)
         attempt = 0
-        while True:
-            try:
-                with SyncBlock(manager, options, attempt):
-                    return wrapped(*args, **kwargs)
-            except Exception as e:
-                if attempt >= options.retry or not is_transient(e, manager.transient):
-                    raise
-                attempt += 1
-                _log_retry(wrapped, e, attempt, options.retry)
-                time.sleep(backoff_delay(attempt - 1, *manager.retry_backoff))
+        retried: BaseException | None = None  # the error that made this run a retry (for observers)
+        try:
+            while True:
+                try:
+                    with SyncBlock(manager, options, attempt, function=wrapped, retried=retried):
+                        return wrapped(*args, **kwargs)
+                except Exception as e:
+                    if attempt >= options.retry or not is_transient(e, manager.transient):
+                        raise
+                    attempt += 1
+                    retried = e
+                    _log_retry(wrapped, e, attempt, options.retry)
+                    time.sleep(backoff_delay(attempt - 1, *manager.retry_backoff))
+        finally:
+            del retried  # its traceback holds this frame: leave no cycle behind
 
     return wrapper
 
@@ -123,19 +128,24 @@ def _async_wrapper(get_manager: GetManager, options: UnitOptions) -> Any:
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         manager = get_manager()
         if not options.retry:
-            async with AsyncBlock(manager, options):
+            async with AsyncBlock(manager, options, function=wrapped):
                 return await wrapped(*args, **kwargs)
         attempt = 0
-        while True:
-            try:
-                async with AsyncBlock(manager, options, attempt):
-                    return await wrapped(*args, **kwargs)
-            except Exception as e:
-                if attempt >= options.retry or not is_transient(e, manager.transient):
-                    raise
-                attempt += 1
-                _log_retry(wrapped, e, attempt, options.retry)
-                await anyio.sleep(backoff_delay(attempt - 1, *manager.retry_backoff))
+        retried: BaseException | None = None  # the error that made this run a retry (for observers)
+        try:
+            while True:
+                try:
+                    async with AsyncBlock(manager, options, attempt, function=wrapped, retried=retried):
+                        return await wrapped(*args, **kwargs)
+                except Exception as e:
+                    if attempt >= options.retry or not is_transient(e, manager.transient):
+                        raise
+                    attempt += 1
+                    retried = e
+                    _log_retry(wrapped, e, attempt, options.retry)
+                    await anyio.sleep(backoff_delay(attempt - 1, *manager.retry_backoff))
+        finally:
+            del retried  # its traceback holds this frame: leave no cycle behind
 
     return wrapper
 

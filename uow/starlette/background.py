@@ -73,6 +73,15 @@ class BackgroundTask(StarletteBackgroundTask):
         if not self.should_run():
             return
         manager = self.manager or get_manager()
+        request = manager.current.get()
+        if request is not None and request.tx.ended and request.observation is not None:
+            # traced: the task's unit is the request's child, not the ended unit's
+            with request.observation.outside():
+                await self._run(manager)
+        else:
+            await self._run(manager)
+
+    async def _run(self, manager: UnitOfWorkManager) -> None:
         if self.is_async:
             async with AsyncBlock(manager, _OWN_UNIT):
                 await self.func(*self.args, **self.kwargs)

@@ -10,7 +10,7 @@ from typing import Literal
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import _registry
+from .. import _observe, _registry
 from .._async import end_async
 from .._options import Propagation, UnitOptions
 from .._transaction import Binding, Boundary, Transaction, serial_tx
@@ -94,9 +94,20 @@ class UnitOfWorkMiddleware:
             # database is answered; uow.session raises NotConfiguredError in one that does
             await self.app(scope, receive, send)
             return
-        request = _Request(manager, scope, receive, send, self.commit_statuses, self.commit_mode == "manual")
+        request = _Request(manager, scope, receive, send, self.commit_statuses, self.commit_mode)
         token = manager.current.set(request.unit)
         serial = None if manager.is_async else serial_tx.set(request.tx)
+        observer = _observe.observer
+        observation = None
+        if observer is not None:
+            observation = request.unit.observation = observer.start(
+                options=_REQUEST_OPTIONS,
+                savepoint=False,
+                db_system=manager.dialect_name,
+                function=None,
+                attempt=0,
+                retried=None,
+            )
         try:
             await self.app(scope, request.receive, request.send)
             if not request.tx.ended:
@@ -105,6 +116,8 @@ class UnitOfWorkMiddleware:
             await request.end(exc)
             raise
         finally:
+            if observation is not None:
+                observation.leave()
             if serial is not None:
                 serial_tx.reset(serial)
             manager.current.reset(token)
@@ -140,7 +153,7 @@ _COMMITTED = "uow.committed"
 class _Request:
     """One request's unit, and the receive/send wrappers that end it in time."""
 
-    __slots__ = ("_receive", "_send", "commit_statuses", "disconnected", "scope", "tx", "unit")
+    __slots__ = ("_receive", "_send", "commit_mode", "commit_statuses", "disconnected", "scope", "tx", "unit")
 
     def __init__(
         self,
@@ -149,16 +162,17 @@ class _Request:
         receive: Receive,
         send: Send,
         commit_statuses: frozenset[int],
-        manual: bool,
+        commit_mode: CommitMode,
     ) -> None:
         self.tx = Transaction(manager, _REQUEST_OPTIONS, driven_async=True)
-        if manual:
+        if commit_mode == "manual":
             self.tx.direct_end_allowed = True  # the app commits itself
         self.unit = Boundary(self.tx)
         self.scope = scope
         self._receive = receive
         self._send = send
         self.commit_statuses = commit_statuses
+        self.commit_mode = commit_mode
         #: set when the app has been told, through :meth:`receive`, that the client is gone
         self.disconnected = False
 
@@ -175,10 +189,27 @@ class _Request:
             if not tx.ended:
                 # a client the app has seen leave learns nothing of a commit: roll back
                 commit = message["status"] in self.commit_statuses and not self.disconnected
+                observation = self.unit.observation
                 if tx.session is None and self.unit.is_bare():
                     tx.finish(commit)  # the request never used the database: no I/O to do
-                elif await self._end_before(message, commit):
-                    return  # forwarded already
+                    if observation is not None:
+                        observation.end(commit, None if commit else "request", None)
+                        observation.decided(self.commit_mode, message["status"], commit, commit)
+                else:
+                    try:
+                        forwarded = await self._end_before(message, commit)
+                    finally:
+                        if observation is not None:
+                            observation.decided(
+                                self.commit_mode, message["status"], commit, tx.committed is True
+                            )
+                    if forwarded:
+                        return
+        observation = self.unit.observation
+        if observation is not None and self.tx.ended:
+            with observation.outside():  # the response is the request's, not the ended unit's
+                await self._send(message)
+            return
         await self._send(message)
 
     async def _end_before(self, start: Message, commit: bool) -> bool:
@@ -236,7 +267,11 @@ class _Request:
         """End the unit if the response never started (an exception, or no response)."""
         if self.tx.ended:
             return
-        error = await end_async(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
+        try:
+            error = await end_async(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
+        finally:
+            if self.unit.observation is not None:
+                self.unit.observation.decided(self.commit_mode, None, False, False)
         if error is not None:
             raise self._failed(error) from exc
 
