@@ -137,7 +137,7 @@ async def end_async(
     raised afterwards, chained to the end's own error if there is one.
     """
     tx = boundary.tx
-    plan = end_plan(boundary, options, "rollback" if rollback else body_outcome(options, exc))
+    plan = end_plan(boundary, options, "rollback" if rollback else body_outcome(options, exc), exc)
     if savepoint:
         boundary.close_savepoint()
         io_error, cancelled = await _end_savepoint(boundary, plan.commit)

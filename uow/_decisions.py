@@ -3,7 +3,7 @@
 1. :func:`entering` — what entering a unit does (begin, join, savepoint, suspend, none);
 2. :func:`body_outcome` — whether its body's ending asks to commit or roll back;
 3. :func:`end_plan` — what ending the boundary does: commit or roll back, and the
-   error that goes with it (rollback-only, a read-only unit with writes);
+   error that goes with it (rollback-only, a read-only unit with writes, a spent budget);
    :func:`session_end` — how the root's session ends: COMMIT, ROLLBACK or only close;
 4. :func:`end_result` — once the session's I/O is done: committed or not, and the error;
 5. :func:`hooks_to_run` — which hooks run now (none are run here);
@@ -23,8 +23,9 @@ from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 from ._options import Propagation, UnitOptions
+from ._timeout import database_timeout
 from ._transaction import Boundary, Hook, Transaction, has_pending_writes
-from .exceptions import HookError, PropagationError, ReadOnlyViolation, UnexpectedRollback
+from .exceptions import HookError, PropagationError, ReadOnlyViolation, UnexpectedRollback, UnitTimeout
 
 __all__ = [
     "Action",
@@ -124,10 +125,26 @@ class EndPlan(NamedTuple):
     error: BaseException | None
 
 
-def end_plan(boundary: Boundary, options: UnitOptions, body: Outcome) -> EndPlan:
-    """Decide how a boundary ends, given how its body ended."""
+def end_plan(
+    boundary: Boundary, options: UnitOptions, body: Outcome, exc: BaseException | None = None
+) -> EndPlan:
+    """Decide how a boundary ends, given how its body ended (with *exc*, if it raised).
+
+    In a transaction with a budget, a database error that stopped a statement
+    for its time limit becomes :class:`UnitTimeout`, and a commit past the
+    deadline rolls back with one.
+    """
+    clock = boundary.tx.clock
     if body == "rollback":
+        if clock is not None and exc is not None and not isinstance(exc, UnitTimeout):
+            cause = database_timeout(exc)
+            if cause is not None:
+                timeout = clock.translated(cause)
+                timeout.__cause__ = exc
+                return EndPlan(False, timeout)
         return EndPlan(False, None)
+    if clock is not None and clock.remaining() <= 0:
+        return EndPlan(False, clock.expired("at its end, before the commit"))
     if boundary.rollback_only:
         error = UnexpectedRollback(
             "nothing was committed: a unit joined into this one failed with "
@@ -276,7 +293,12 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def is_transient(exc: BaseException, extra: tuple[TransientPredicate, ...] = ()) -> bool:
-    """Return True for errors a re-run may cure: serialization failure, deadlock, busy."""
+    """Return True for errors a re-run may cure: serialization failure, deadlock, busy.
+
+    A unit that ran out of its budget (:class:`UnitTimeout`) is not one of them.
+    """
+    if isinstance(exc, UnitTimeout):
+        return False
     for e in _causes(exc):
         code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
         if isinstance(code, str) and code in _TRANSIENT_SQLSTATES:

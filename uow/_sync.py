@@ -124,7 +124,7 @@ def end_sync(
 ) -> BaseException | None:
     """End a root or savepoint boundary whose body ended with *exc*; return what to raise."""
     tx = boundary.tx
-    plan = end_plan(boundary, options, body_outcome(options, exc))
+    plan = end_plan(boundary, options, body_outcome(options, exc), exc)
     if savepoint:
         boundary.close_savepoint()
         io_error = end_savepoint(boundary.savepoint, plan.commit)

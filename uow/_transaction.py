@@ -35,6 +35,7 @@ from ._compat import AsyncEngine, async_sessionmaker
 from ._detect import is_async_callable
 from ._options import UnitOptions
 from ._threads import running_asyncio
+from ._timeout import Clock, arm, start_clock
 from .exceptions import (
     BlockingSessionUse,
     DirectEndError,
@@ -221,6 +222,7 @@ class Transaction:
         "_status",
         "_thread_lock",
         "binding",
+        "clock",
         "connected",
         "direct_end_allowed",
         "driven_async",
@@ -241,6 +243,10 @@ class Transaction:
     ) -> None:
         self.binding = binding
         self.options = options
+        #: the budget of a unit with ``timeout`` (started now), None without one
+        self.clock: Clock | None = (
+            None if options.timeout is None else start_clock(options.timeout, binding.dialect_name)
+        )
         self.session: Session | AsyncSession | None = None
         #: True when the outermost unit is finished with ``await`` (async def / async with)
         self.driven_async = driven_async
@@ -555,12 +561,15 @@ def _after_transaction_create(session: Session, transaction: SessionTransaction)
             raise SessionEnded(ENDED)
 
 
-def _after_begin(session: Session, _transaction: Any, _connection: Any) -> None:
+def _after_begin(session: Session, _transaction: Any, connection: Any) -> None:
     tx = session.info.get(TX_KEY)
     if tx is not None:
-        tx.mark_connected()  # the unit's end gives the connection back, also after the error below
+        tx.mark_connected()  # the unit's end gives the connection back, also after the errors below
         if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
             raise BlockingSessionUse(_BLOCKING)
+        if tx.clock is not None and not tx.binding.external_transaction:
+            # (inside a test's outer transaction the connection outlives the unit: not bounded)
+            arm(tx.clock, connection, tx.binding.dialect_name)
 
 
 def _direct_end(session: Session, call: str) -> None:
