@@ -116,6 +116,7 @@ class UnitOfWorkManager(Binding):
         retry: int = ...,
         no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
         durable: bool = ...,
+        timeout: float | None = ...,
     ) -> Callable[[F], F]: ...
     def transactional(self, fn: Any = None, /, **options: Any) -> Any:
         """Run a function in a unit of this manager; see :func:`uow.transactional`."""
