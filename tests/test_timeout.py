@@ -19,7 +19,7 @@ from typing import Any, cast
 import httpx
 import pytest
 from sqlalchemy import Engine, Table, create_engine, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import sessionmaker
 from starlette.applications import Starlette
@@ -70,7 +70,8 @@ def _long_statement(backend: str) -> str:
 
 
 def _sqlstate(exc: BaseException) -> str | None:
-    orig = getattr(exc, "orig", None)
+    """The SQLSTATE of a DB-API error, wrapped by SQLAlchemy or not."""
+    orig = getattr(exc, "orig", exc)
     return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
 
 
@@ -250,6 +251,47 @@ def test_a_lock_wait_ends_at_the_budget(tmp_path: Path) -> None:
     with engine.connect() as conn:
         assert conn.scalar(select(Counter.value)) == 2
     other.dispose()
+    engine.dispose()
+
+
+def test_deferred_work_in_a_postgresql_commit_is_bounded_too(tmp_path: Path) -> None:
+    engine = _pool_engine("postgresql", tmp_path)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS audited"))
+        conn.execute(text("CREATE TABLE audited (id int)"))
+        conn.execute(
+            text(
+                "CREATE OR REPLACE FUNCTION slow_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE CONSTRAINT TRIGGER audit AFTER INSERT ON audited DEFERRABLE INITIALLY DEFERRED "
+                "FOR EACH ROW EXECUTE FUNCTION slow_audit()"
+            )
+        )
+    manager = uow.UnitOfWorkManager(engine)
+    started = time.monotonic()
+    with pytest.raises(uow.UnitTimeout) as caught, manager.unit_of_work(timeout=BUDGET) as s:
+        s.execute(text("INSERT INTO audited VALUES (1)"))  # quick: the trigger runs at COMMIT
+    assert BUDGET <= time.monotonic() - started < LATE
+    assert _sqlstate(cast(BaseException, caught.value.__cause__)) == "57014"
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM audited")) == 0
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    assert _idle_in_transaction(engine) == 0
+    # a deferred constraint that fails there fails as it would in COMMIT, and leaves nothing open
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE audited"))
+        conn.execute(text("CREATE TABLE audited (id int UNIQUE DEFERRABLE INITIALLY DEFERRED)"))
+    with pytest.raises(IntegrityError), manager.unit_of_work(timeout=5) as s:
+        s.execute(text("INSERT INTO audited VALUES (1), (1)"))
+    with manager.unit_of_work(timeout=5) as s:
+        s.execute(text("INSERT INTO audited VALUES (1), (2)"))
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT count(*) FROM audited")) == 2
+    assert _idle_in_transaction(engine) == 0
     engine.dispose()
 
 

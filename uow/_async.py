@@ -144,7 +144,7 @@ async def end_async(
     else:
         tx.begin_end()
         io_error, cancelled = await _end_session(tx, session_end(plan, tx))
-    result = end_result(plan, exc, io_error)
+    result = end_result(plan, exc, io_error, tx.clock)
     if not savepoint:
         tx.finish(result.committed)
     if boundary.started:

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Literal, NamedTuple
 
 from ._options import Propagation, UnitOptions
-from ._timeout import database_timeout
+from ._timeout import Clock, database_timeout
 from ._transaction import Boundary, Hook, Transaction, has_pending_writes
 from .exceptions import HookError, PropagationError, ReadOnlyViolation, UnexpectedRollback, UnitTimeout
 
@@ -198,16 +198,26 @@ class EndResult(NamedTuple):
     error: BaseException | None
 
 
-def end_result(plan: EndPlan, body_exc: BaseException | None, io_error: BaseException | None) -> EndResult:
+def end_result(
+    plan: EndPlan, body_exc: BaseException | None, io_error: BaseException | None, clock: Clock | None = None
+) -> EndResult:
     """Return how the boundary ended once its session I/O is done.
 
     A failed rollback of a unit that already has an error to raise is only
-    logged; a failed commit (or release) is the error.
+    logged; a failed commit (or release) is the error, as :class:`UnitTimeout`
+    if the database stopped it at the budget of *clock* (deferred work runs in
+    a PostgreSQL COMMIT).
     """
     if io_error is not None:
         if not plan.commit and (body_exc is not None or plan.error is not None):
             logger.warning("uow: rollback failed", exc_info=io_error)
             return EndResult(False, plan.error)
+        if clock is not None:
+            cause = database_timeout(io_error)
+            if cause is not None:
+                timeout = clock.translated(cause)
+                timeout.__cause__ = io_error
+                return EndResult(False, timeout)
         return EndResult(False, io_error)
     return EndResult(plan.commit, plan.error)
 

@@ -131,7 +131,7 @@ def end_sync(
     else:
         tx.begin_end()
         io_error = end_session(tx.session, session_end(plan, tx))  # type: ignore[arg-type]
-    result = end_result(plan, exc, io_error)
+    result = end_result(plan, exc, io_error, tx.clock)
     if not savepoint:
         tx.finish(result.committed)
     if boundary.started:

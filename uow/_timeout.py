@@ -9,7 +9,10 @@
 
 On both, a statement that starts once the budget is spent is refused before
 it is sent, and PostgreSQL's limits shrink as the budget does (re-set at most
-once per tenth of the budget). Nothing here runs for a unit without a budget.
+once per tenth of the budget). PostgreSQL does not apply them to COMMIT, so
+a unit with a budget runs its deferred checks and triggers just before it
+(``SET CONSTRAINTS ALL IMMEDIATE``). Nothing here runs for a unit without a
+budget.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def arm(clock: Clock, connection: Connection, dialect_name: str | None) -> None:
         connection.execute(_SET_PG, {"ms": str(ms)})
         clock.cap = ms / 1000
         event.listen(connection, "before_cursor_execute", _postgresql_guard(clock))
+        event.listen(connection, "commit", _postgresql_before_commit(clock))
     else:
         dbapi_connection = connection.connection.dbapi_connection
         deadline = clock.deadline
@@ -165,15 +169,34 @@ def _postgresql_guard(clock: Clock) -> Callable[..., None]:
         if remaining <= 0:
             raise clock.expired("before a statement")
         # the limit in force would let this statement outlast the budget: lower it
-        ms = _milliseconds(remaining)
-        dbapi_cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            dbapi_cursor.execute(_SET_PG_LITERAL.format(ms=ms))
-        finally:
-            dbapi_cursor.close()
-        clock.cap = ms / 1000
+        _run(conn, _SET_PG_LITERAL.format(ms=_milliseconds(remaining)))
+        clock.cap = remaining
 
     return before_statement
+
+
+def _postgresql_before_commit(clock: Clock) -> Callable[[Connection], None]:
+    def before_commit(conn: Connection) -> None:
+        # PostgreSQL does not bound COMMIT by the transaction's statement_timeout: run the
+        # deferred constraint checks and triggers now, under the budget, instead of in it
+        try:
+            conn.exec_driver_sql("SET CONSTRAINTS ALL IMMEDIATE")  # the guard lowers the limit first
+        except BaseException:
+            # SQLAlchemy counts a failed commit as the transaction's end and will not roll
+            # it back: do it here, so the connection goes back to the pool clean
+            conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
+            raise
+
+    return before_commit
+
+
+def _run(conn: Connection, sql: str) -> None:
+    """Run *sql* on the DB-API connection under *conn* (not through SQLAlchemy's events)."""
+    dbapi_cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        dbapi_cursor.execute(sql)
+    finally:
+        dbapi_cursor.close()
 
 
 def _set_progress_handler(dbapi_connection: Any, handler: Callable[[], int] | None) -> None:
