@@ -238,6 +238,9 @@ FAQ = [
     ("savepoint_conflict", uow.SavepointConflict),
     ("partial_commit", uow.PartialCommit),
     ("direct_end", uow.DirectEndError),
+    ("unit_timeout", uow.UnitTimeout),
+    ("timeout_conflict", uow.TimeoutConflict),
+    ("timeout_unsupported", uow.TimeoutUnsupported),
     ("reused_block", uow.UnitOfWorkError),
 ]
 
@@ -282,6 +285,7 @@ def test_faq_mistake_raises_and_fix_works(
         "savepoint_conflict": "lee@example.com",
         "partial_commit": "mia@example.com",
         "direct_end": "nia@example.com",
+        "timeout_conflict": "ola@example.com",
     }
     if name in expected_after_fix:
         assert expected_after_fix[name] in emails
@@ -334,4 +338,14 @@ def test_observability_logger_and_events(load_example: Load, capsys: pytest.Capt
         "unit commit propagation=REQUIRED retries=0",
         "unit rollback propagation=REQUIRED retries=0",
         "session began / COMMIT / session began / ROLLBACK",
+    ]
+
+
+def test_observability_timeouts(load_example: Load, capsys: pytest.CaptureFixture[str]) -> None:
+    module = load_example("observability/timeouts.py")
+    module.main()
+    assert capsys.readouterr().out.splitlines() == [
+        "timed out: OperationalError",
+        "request answered 503",
+        "reports kept: []",
     ]
