@@ -29,7 +29,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 import uow
-from tests.conftest import Counter, Item, async_pg_url, make_engine, names, pg_url
+from tests.conftest import Counter, Item, async_pg_url, asyncio_and_trio, make_engine, names, pg_url
 from uow.starlette import UnitOfWorkMiddleware
 
 #: a statement that runs for minutes on SQLite unless it is interrupted
@@ -360,12 +360,18 @@ def test_requires_new_has_a_budget_of_its_own(backend: str, tmp_path: Path) -> N
 # --- async ---------------------------------------------------------------------------
 
 
-@pytest.mark.anyio  # asyncio: the AsyncEngine drivers (asyncpg, aiosqlite) run on asyncio only
-async def test_async_engines_stop_a_long_statement_at_the_budget(backend: str, tmp_path: Path) -> None:
+@pytest.mark.anyio  # asyncio: the AsyncEngine drivers (asyncpg, psycopg, aiosqlite) run on asyncio here
+@pytest.mark.parametrize("pg_driver", ["asyncpg", "psycopg"])
+async def test_async_engines_stop_a_long_statement_at_the_budget(
+    backend: str, pg_driver: str, tmp_path: Path
+) -> None:
+    if backend == "sqlite":
+        if pg_driver != "asyncpg":
+            pytest.skip("one SQLite driver for async: aiosqlite")
+        url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    else:
+        url = async_pg_url(pg_url() or "") if pg_driver == "asyncpg" else (pg_url() or "")
     make_engine(backend, tmp_path).dispose()  # the tables
-    url = (
-        f"sqlite+aiosqlite:///{tmp_path / 'test.db'}" if backend == "sqlite" else async_pg_url(pg_url() or "")
-    )
     engine: AsyncEngine = create_async_engine(url, pool_size=1, max_overflow=0)
     manager = uow.UnitOfWorkManager(engine)
     started = time.monotonic()
@@ -395,6 +401,7 @@ async def test_async_engines_stop_a_long_statement_at_the_budget(backend: str, t
 
 
 @pytest.mark.anyio
+@asyncio_and_trio
 async def test_a_sync_engine_from_async_code_is_bounded_too(backend: str, one_conn: Engine) -> None:
     with pytest.raises(uow.UnitTimeout):
         async with uow.unit_of_work(timeout=BUDGET):
