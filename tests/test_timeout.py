@@ -29,6 +29,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 import uow
+import uow.testing
 from tests.conftest import Counter, Item, async_pg_url, asyncio_and_trio, make_engine, names, pg_url
 from uow.starlette import UnitOfWorkMiddleware
 
@@ -119,7 +120,7 @@ def test_other_databases_refuse_a_timeout_at_the_unit_start() -> None:
     with pytest.raises(uow.TimeoutUnsupported):
         UnitOfWorkMiddleware(lambda s, r, se: None, manager, timeout=1)  # type: ignore[arg-type,return-value]
     unbound = uow.UnitOfWorkManager(sessionmaker(expire_on_commit=False))
-    with pytest.raises(uow.TimeoutUnsupported, match="unknown database"), unbound.unit_of_work(timeout=1):
+    with pytest.raises(uow.TimeoutUnsupported, match="no bind"), unbound.unit_of_work(timeout=1):
         pass
     engine.dispose()
 
@@ -355,6 +356,18 @@ def test_requires_new_has_a_budget_of_its_own(backend: str, tmp_path: Path) -> N
     assert names(engine) == ["inner", "outer"]
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     engine.dispose()
+
+
+def test_units_with_a_budget_run_under_uow_testing(backend: str, one_conn: Engine) -> None:
+    with uow.testing.rollback_after(one_conn):
+        with uow.unit_of_work(timeout=5) as s:  # commits to a savepoint of the test's transaction
+            s.add(Item(name="in the test"))
+        with pytest.raises(uow.UnitTimeout, match="before the commit"), uow.unit_of_work(timeout=0.2) as s:
+            s.add(Item(name="late"))
+            time.sleep(0.25)
+        with uow.unit_of_work(read_only=True) as s:
+            assert list(s.scalars(select(Item.name))) == ["in the test"]
+    assert names(one_conn) == []
 
 
 # --- async ---------------------------------------------------------------------------

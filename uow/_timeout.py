@@ -84,10 +84,11 @@ class Clock:
 def start_clock(timeout: float, dialect_name: str | None) -> Clock:
     """Start the budget of a unit that begins now; raise if its database cannot be bounded."""
     if dialect_name not in SUPPORTED_DIALECTS:
+        where = f"a {dialect_name} database" if dialect_name else "a session factory with no bind"
         raise TimeoutUnsupported(
-            f"timeout={timeout:g} was asked for on a {dialect_name or 'unknown'} database, "
-            "where uow cannot enforce it (PostgreSQL and SQLite only); drop timeout= "
-            "there, and bound the work with the driver's or server's own settings"
+            f"timeout={timeout:g} was asked for on {where}, where uow cannot enforce "
+            "it (PostgreSQL and SQLite only); drop timeout= there, and bound the work "
+            "with the driver's or server's own settings"
         )
     return Clock(timeout)
 

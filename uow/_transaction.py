@@ -97,11 +97,13 @@ class Binding:
         self.session_factory: sessionmaker[Any] | async_sessionmaker[Any] = factory
         #: True when the factory makes ``AsyncSession`` objects
         self.is_async: bool = isinstance(factory, async_sessionmaker)
-        engine = factory.kw.get("bind")
+        bind = engine = factory.kw.get("bind")
         if isinstance(engine, AsyncEngine):
             engine = engine.sync_engine
         self.engine: Engine | None = engine if isinstance(engine, Engine) else None
-        self.dialect_name: str | None = self.engine.dialect.name if self.engine is not None else None
+        # also for a factory bound to a connection (a test's outer transaction)
+        dialect = getattr(bind, "dialect", None)
+        self.dialect_name: str | None = dialect.name if dialect is not None else None
         #: names the database in errors and log records
         self.name: str = name or (
             self.engine.url.render_as_string(hide_password=True) if self.engine is not None else repr(factory)
