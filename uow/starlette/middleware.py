@@ -276,8 +276,11 @@ class _Request:
         if self.started or not isinstance(error, UnitTimeout):
             return
         self.started = True
-        await self._send({"type": "http.response.start", "status": 503, "headers": _TIMEOUT_HEADERS})
-        await self._send({"type": "http.response.body", "body": _TIMEOUT_BODY})
+        try:
+            await self._send({"type": "http.response.start", "status": 503, "headers": _TIMEOUT_HEADERS})
+            await self._send({"type": "http.response.body", "body": _TIMEOUT_BODY})
+        except Exception:  # the client is gone, say: the timeout is still what propagates
+            logger.warning("uow: the 503 for a request that ran out of time could not be sent", exc_info=True)
 
 
 async def _forward_shielded(send: Send, message: Message) -> None:
