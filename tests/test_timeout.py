@@ -18,9 +18,10 @@ from typing import Any, cast
 
 import httpx
 import pytest
+from fastapi import Depends, FastAPI
 from sqlalchemy import Engine, Table, create_engine, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.orm import sessionmaker
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -31,7 +32,7 @@ from starlette.routing import Route
 import uow
 import uow.testing
 from tests.conftest import Counter, Item, async_pg_url, asyncio_and_trio, make_engine, names, pg_url
-from uow.starlette import UnitOfWorkMiddleware
+from uow.starlette import UnitOfWorkMiddleware, provide_session
 
 #: a statement that runs for minutes on SQLite unless it is interrupted
 LONG_SQLITE = (
@@ -373,18 +374,23 @@ def test_units_with_a_budget_run_under_uow_testing(backend: str, one_conn: Engin
 # --- async ---------------------------------------------------------------------------
 
 
-@pytest.mark.anyio  # asyncio: the AsyncEngine drivers (asyncpg, psycopg, aiosqlite) run on asyncio here
-@pytest.mark.parametrize("pg_driver", ["asyncpg", "psycopg"])
-async def test_async_engines_stop_a_long_statement_at_the_budget(
-    backend: str, pg_driver: str, tmp_path: Path
-) -> None:
-    if backend == "sqlite":
-        if pg_driver != "asyncpg":
-            pytest.skip("one SQLite driver for async: aiosqlite")
-        url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-    else:
-        url = async_pg_url(pg_url() or "") if pg_driver == "asyncpg" else (pg_url() or "")
-    make_engine(backend, tmp_path).dispose()  # the tables
+def _async_url(driver: str, tmp_path: Path) -> tuple[str, str]:
+    """(backend, URL) of an AsyncEngine with *driver*, its tables made."""
+    backend = "sqlite" if driver == "aiosqlite" else "postgresql"
+    make_engine(backend, tmp_path).dispose()  # the tables (skips without PostgreSQL)
+    if driver == "aiosqlite":
+        return backend, f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    url = pg_url() or ""
+    return backend, async_pg_url(url) if driver == "asyncpg" else url  # postgresql+psycopg: its async side
+
+
+ASYNC_DRIVERS = pytest.mark.parametrize("driver", ["aiosqlite", "asyncpg", "psycopg"])
+
+
+@pytest.mark.anyio  # asyncio: the AsyncEngine drivers run on asyncio here
+@ASYNC_DRIVERS
+async def test_async_engines_stop_a_long_statement_at_the_budget(driver: str, tmp_path: Path) -> None:
+    backend, url = _async_url(driver, tmp_path)
     engine: AsyncEngine = create_async_engine(url, pool_size=1, max_overflow=0)
     manager = uow.UnitOfWorkManager(engine)
     started = time.monotonic()
@@ -490,3 +496,37 @@ async def test_the_middleware_raises_unit_timeout_to_the_server(backend: str, on
         with pytest.raises(uow.UnitTimeout) as caught:
             await client.post("/late")
     assert "before the commit" in str(caught.value)
+
+
+@pytest.mark.anyio  # asyncio: the AsyncEngine drivers run on asyncio here
+@ASYNC_DRIVERS
+async def test_a_fastapi_request_on_an_async_engine_that_runs_out_of_time_is_answered_503(
+    driver: str, tmp_path: Path
+) -> None:
+    backend, url = _async_url(driver, tmp_path)
+    engine = create_async_engine(url, pool_size=1, max_overflow=0)
+    uow.configure(engine)
+    api = FastAPI(middleware=[Middleware(UnitOfWorkMiddleware, timeout=BUDGET)])
+
+    @api.post("/slow", status_code=201)
+    async def slow(db: AsyncSession = Depends(provide_session)) -> dict[str, int]:
+        db.add(Item(name="slow"))
+        await db.flush()
+        await db.execute(text(_long_statement(backend)))
+        return {"never": 1}
+
+    @api.post("/quick", status_code=201)
+    async def quick(db: AsyncSession = Depends(provide_session)) -> dict[str, int]:
+        db.add(Item(name="quick"))
+        return {"ok": 1}
+
+    transport = httpx.ASGITransport(app=api, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        started = time.monotonic()
+        assert (await client.post("/slow")).status_code == 503
+        assert BUDGET <= time.monotonic() - started < LATE
+        assert (await client.post("/quick")).status_code == 201
+    async with uow.unit_of_work(read_only=True) as s:
+        assert (await s.scalars(select(Item.name))).all() == ["quick"]
+    assert engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    await engine.dispose()
