@@ -385,7 +385,7 @@ def test_observability_timeouts_under_uvicorn(tmp_path: Path) -> None:
                 time.sleep(0.1)
         started = time.monotonic()
         response = httpx.post(f"{base}/report", timeout=30)
-        assert 0.5 <= time.monotonic() - started < 15
+        assert 1.0 <= time.monotonic() - started < 15
         assert response.status_code == 503, response.text
         assert "ran out of time" in response.text
     finally:

@@ -172,9 +172,9 @@ def test_the_connection_is_clean_for_the_next_unit(backend: str, one_conn: Engin
             assert s.scalar(text(SHORT_SQLITE)) == 20000  # the progress handler is gone
     # units that end in time, by COMMIT, or (read-only on SQLite) by closing their session
     for read_only in (False, True):
-        with uow.unit_of_work(timeout=0.2, read_only=read_only) as s:
+        with uow.unit_of_work(timeout=0.6, read_only=read_only) as s:
             s.execute(text("SELECT 1"))
-        time.sleep(0.25)  # their deadline passes
+        time.sleep(0.65)  # their deadline passes
         with uow.unit_of_work(read_only=read_only) as s:
             assert s.scalar(text(SHORT_SQLITE if backend == "sqlite" else "SELECT 20000")) == 20000
             if backend == "postgresql":
@@ -183,11 +183,9 @@ def test_the_connection_is_clean_for_the_next_unit(backend: str, one_conn: Engin
 
 def test_a_unit_past_its_budget_is_refused_at_its_next_statement(backend: str, one_conn: Engine) -> None:
     statements: list[str] = []
-    with uow.unit_of_work(timeout=0.3) as s:
+    with pytest.raises(uow.UnitTimeout, match="before a statement"), uow.unit_of_work(timeout=1.0) as s:
         s.execute(text("SELECT 1"))
-    with pytest.raises(uow.UnitTimeout, match="before a statement"), uow.unit_of_work(timeout=0.3) as s:
-        s.execute(text("SELECT 1"))
-        time.sleep(0.35)  # work that is not the database's
+        time.sleep(1.05)  # work that is not the database's
         statements.append("sent")
         s.execute(text("SELECT 2"))
         statements.append("ran")
@@ -195,10 +193,10 @@ def test_a_unit_past_its_budget_is_refused_at_its_next_statement(backend: str, o
 
 
 def test_a_commit_past_the_deadline_rolls_back(backend: str, one_conn: Engine) -> None:
-    with pytest.raises(uow.UnitTimeout, match="before the commit"), uow.unit_of_work(timeout=0.3) as s:
+    with pytest.raises(uow.UnitTimeout, match="before the commit"), uow.unit_of_work(timeout=1.0) as s:
         s.add(Item(name="late"))
         s.flush()
-        time.sleep(0.35)
+        time.sleep(1.05)
     assert names(one_conn) == []
     with uow.unit_of_work(timeout=5) as s:  # in time: committed
         s.add(Item(name="early"))
@@ -314,17 +312,20 @@ def test_a_timed_out_unit_is_not_retried(backend: str, one_conn: Engine) -> None
 
 
 def test_a_joined_unit_cannot_extend_the_budget(backend: str, one_conn: Engine) -> None:
-    with uow.unit_of_work(timeout=2):
-        with pytest.raises(uow.TimeoutConflict, match=r"timeout=5.*timeout=2"), uow.unit_of_work(timeout=5):
+    with uow.unit_of_work(timeout=20):
+        with (
+            pytest.raises(uow.TimeoutConflict, match=r"timeout=50.*timeout=20"),
+            uow.unit_of_work(timeout=50),
+        ):
             pass
         with (
             pytest.raises(uow.TimeoutConflict),
-            uow.unit_of_work(timeout=3, propagation=uow.Propagation.NESTED),
+            uow.unit_of_work(timeout=30, propagation=uow.Propagation.NESTED),
         ):
             pass
-        with uow.unit_of_work(timeout=2) as s:  # as long as the outer budget: checked, and fine
+        with uow.unit_of_work(timeout=20) as s:  # as long as the outer budget: checked, and fine
             s.execute(text("SELECT 1"))
-        with uow.unit_of_work(timeout=1) as s:  # shorter: fine (the outer deadline still rules)
+        with uow.unit_of_work(timeout=10) as s:  # shorter: fine (the outer deadline still rules)
             s.execute(text("SELECT 1"))
     with (
         uow.unit_of_work(),
