@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import psycopg.errors
 import pytest
@@ -269,3 +270,55 @@ def test_session_end(url: str, read_only: bool, commit: bool, end: str) -> None:
     binding.external_transaction = True  # inside a test's transaction: not READ ONLY at the database
     if read_only and commit:
         assert session_end(EndPlan(commit, None), tx) == "close"
+
+
+# --- timeouts ---------------------------------------------------------------------------
+
+CANCELED = OperationalError("SELECT pg_sleep(9)", {}, psycopg.errors.QueryCanceled("statement timeout"))
+LOCK_WAIT = OperationalError("UPDATE t", {}, psycopg.errors.LockNotAvailable("lock timeout"))
+
+
+@pytest.mark.parametrize(
+    "error", [CANCELED, LOCK_WAIT, _sqlite_error(9, "interrupted")], ids=["57014", "55P03", "interrupted"]
+)
+def test_end_plan_turns_a_database_timeout_into_unit_timeout(binding: Binding, error: BaseException) -> None:
+    b = boundary(binding, timeout=60)
+    plan = end_plan(b, b.tx.options, "rollback", error)
+    assert not plan.commit and isinstance(plan.error, uow.UnitTimeout)
+    assert plan.error.__cause__ is error
+    no_budget = boundary(binding)
+    assert end_plan(no_budget, no_budget.tx.options, "rollback", error) == EndPlan(False, None)
+
+
+def test_end_plan_with_a_budget(binding: Binding) -> None:
+    b = boundary(binding, timeout=60)
+    assert end_plan(b, b.tx.options, "commit") == EndPlan(True, None)
+    assert end_plan(b, b.tx.options, "rollback", ValueError("other")) == EndPlan(False, None)
+    assert end_plan(b, b.tx.options, "rollback", uow.UnitTimeout("own")) == EndPlan(False, None)
+    assert b.tx.clock is not None
+    b.tx.clock.deadline = time.monotonic() - 1  # the budget is spent
+    plan = end_plan(b, b.tx.options, "commit")
+    assert not plan.commit and isinstance(plan.error, uow.UnitTimeout)
+    assert "before the commit" in str(plan.error)
+
+
+def test_end_result_turns_a_commit_stopped_at_the_budget_into_unit_timeout(binding: Binding) -> None:
+    clock = boundary(binding, timeout=60).tx.clock
+    result = end_result(EndPlan(True, None), None, CANCELED, clock)
+    assert not result.committed and isinstance(result.error, uow.UnitTimeout)
+    assert result.error.__cause__ is CANCELED
+    assert end_result(EndPlan(True, None), None, CANCELED) == EndResult(False, CANCELED)  # no budget
+
+
+def test_a_timeout_is_never_transient() -> None:
+    timeout = uow.UnitTimeout("spent")
+    timeout.__cause__ = OperationalError("x", {}, psycopg.errors.SerializationFailure("40001"))
+    assert not is_transient(timeout)
+    assert not is_transient(CANCELED) and not is_transient(LOCK_WAIT)
+
+
+def test_a_budget_is_refused_where_it_cannot_be_enforced() -> None:
+    unbound = Binding(sessionmaker(), name="t", transient=(), retry_backoff=(0, 0))
+    with pytest.raises(uow.TimeoutUnsupported):
+        Transaction(unbound, make_options(timeout=1), driven_async=False)
+    Transaction(unbound, make_options(), driven_async=False)  # without one: nothing to check

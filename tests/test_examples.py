@@ -240,6 +240,9 @@ FAQ = [
     ("savepoint_conflict", uow.SavepointConflict),
     ("partial_commit", uow.PartialCommit),
     ("direct_end", uow.DirectEndError),
+    ("unit_timeout", uow.UnitTimeout),
+    ("timeout_conflict", uow.TimeoutConflict),
+    ("timeout_unsupported", uow.TimeoutUnsupported),
     ("reused_block", uow.UnitOfWorkError),
 ]
 
@@ -284,6 +287,7 @@ def test_faq_mistake_raises_and_fix_works(
         "savepoint_conflict": "lee@example.com",
         "partial_commit": "mia@example.com",
         "direct_end": "nia@example.com",
+        "timeout_conflict": "ola@example.com",
     }
     if name in expected_after_fix:
         assert expected_after_fix[name] in emails
@@ -366,3 +370,61 @@ def test_observability_opentelemetry_trace_tree(
         "    POST /users http send  http.status_code=201",
         "    POST /users http send",
     ]
+
+
+def test_observability_timeouts(load_example: Load, capsys: pytest.CaptureFixture[str]) -> None:
+    module = load_example("observability/timeouts.py")
+    module.main()
+    assert capsys.readouterr().out.splitlines() == [
+        "timed out: OperationalError",
+        "request answered 503",
+        "reports kept: []",
+    ]
+
+
+def test_observability_timeouts_under_uvicorn(tmp_path: Path) -> None:
+    """The example's app on a real server: a request that runs out of time is answered 503."""
+    shutil.copy(EXAMPLES / "observability" / "timeouts.py", tmp_path / "timeouts.py")
+    env = {**os.environ, "PYTHONPATH": str(Path(uow.__file__).resolve().parents[1])}  # this checkout's uow
+    subprocess.run(
+        [sys.executable, "-c", "import timeouts; timeouts.Base.metadata.create_all(timeouts.engine)"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "timeouts:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{base}/", timeout=1)
+                break
+            except httpx.TransportError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    server.kill()
+                    pytest.fail(f"uvicorn did not start:\n{server.communicate()[0]}")
+                time.sleep(0.1)
+        started = time.monotonic()
+        response = httpx.post(f"{base}/report", timeout=30)
+        assert 1.0 <= time.monotonic() - started < 15
+        assert response.status_code == 503, response.text
+        assert "ran out of time" in response.text
+    finally:
+        server.terminate()
+        try:
+            log = server.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            server.kill()
+            log = server.communicate()[0]
+    assert "UnitTimeout" in log  # the server logged the error, after the 503 went out
+    assert rows(tmp_path / "timeouts.db", "SELECT title FROM reports") == []

@@ -148,6 +148,13 @@ OPTION_VALUES = {
         st.tuples(st.sampled_from([ValueError, str, 1])),
     ),
     "durable": st.one_of(st.booleans(), st.integers(0, 2), st.none()),
+    "timeout": st.one_of(
+        st.none(),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-2, 3),
+        st.booleans(),
+        st.text(max_size=2),
+    ),
 }
 
 

@@ -25,9 +25,12 @@ from .exceptions import ReadOnlyViolation as ReadOnlyViolation
 from .exceptions import SavepointConflict as SavepointConflict
 from .exceptions import SessionEnded as SessionEnded
 from .exceptions import SessionKindError as SessionKindError
+from .exceptions import TimeoutConflict as TimeoutConflict
+from .exceptions import TimeoutUnsupported as TimeoutUnsupported
 from .exceptions import UnexpectedRollback as UnexpectedRollback
 from .exceptions import UnitOfWorkError as UnitOfWorkError
 from .exceptions import UnitOfWorkWarning as UnitOfWorkWarning
+from .exceptions import UnitTimeout as UnitTimeout
 from .manager import UnitOfWorkManager as UnitOfWorkManager
 from .sqlite import enable_savepoints as enable_sqlite_savepoints
 from .threads import run_sync as run_sync
@@ -51,11 +54,14 @@ __all__ = [
     "SavepointConflict",
     "SessionEnded",
     "SessionKindError",
+    "TimeoutConflict",
+    "TimeoutUnsupported",
     "UnexpectedRollback",
     "UnitOfWork",
     "UnitOfWorkError",
     "UnitOfWorkManager",
     "UnitOfWorkWarning",
+    "UnitTimeout",
     "configure",
     "current_session",
     "enable_sqlite_savepoints",

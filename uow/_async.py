@@ -178,7 +178,7 @@ async def end_async(
     """
     tx = boundary.tx
     body = "rollback" if rollback else body_outcome(options, exc)
-    plan = end_plan(boundary, options, body)
+    plan = end_plan(boundary, options, body, exc)
     observation = boundary.observation
     if savepoint:
         boundary.close_savepoint()
@@ -192,7 +192,7 @@ async def end_async(
         io_error, cancelled = await _end_session(tx, how, traced=observation is not None)
         if timed is not None:
             timed.commit_ended(io_error)
-    result = end_result(plan, exc, io_error)
+    result = end_result(plan, exc, io_error, tx.clock)
     if not savepoint:
         tx.finish(result.committed)
     if boundary.started:

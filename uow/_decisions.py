@@ -3,7 +3,7 @@
 1. :func:`entering` — what entering a unit does (begin, join, savepoint, suspend, none);
 2. :func:`body_outcome` — whether its body's ending asks to commit or roll back;
 3. :func:`end_plan` — what ending the boundary does: commit or roll back, and the
-   error that goes with it (rollback-only, a read-only unit with writes);
+   error that goes with it (rollback-only, a read-only unit with writes, a spent budget);
    :func:`session_end` — how the root's session ends: COMMIT, ROLLBACK or only close;
 4. :func:`end_result` — once the session's I/O is done: committed or not, and the error;
 5. :func:`hooks_to_run` — which hooks run now (none are run here);
@@ -24,8 +24,9 @@ from typing import Literal, NamedTuple
 
 from ._observe import RollbackCause
 from ._options import Propagation, UnitOptions
+from ._timeout import Clock, database_timeout
 from ._transaction import Boundary, Hook, Transaction, has_pending_writes
-from .exceptions import HookError, PropagationError, ReadOnlyViolation, UnexpectedRollback
+from .exceptions import HookError, PropagationError, ReadOnlyViolation, UnexpectedRollback, UnitTimeout
 
 __all__ = [
     "Action",
@@ -126,10 +127,26 @@ class EndPlan(NamedTuple):
     error: BaseException | None
 
 
-def end_plan(boundary: Boundary, options: UnitOptions, body: Outcome) -> EndPlan:
-    """Decide how a boundary ends, given how its body ended."""
+def end_plan(
+    boundary: Boundary, options: UnitOptions, body: Outcome, exc: BaseException | None = None
+) -> EndPlan:
+    """Decide how a boundary ends, given how its body ended (with *exc*, if it raised).
+
+    In a transaction with a budget, a database error that stopped a statement
+    for its time limit becomes :class:`UnitTimeout`, and a commit past the
+    deadline rolls back with one.
+    """
+    clock = boundary.tx.clock
     if body == "rollback":
+        if clock is not None and exc is not None and not isinstance(exc, UnitTimeout):
+            cause = database_timeout(exc)
+            if cause is not None:
+                timeout = clock.translated(cause)
+                timeout.__cause__ = exc
+                return EndPlan(False, timeout)
         return EndPlan(False, None)
+    if clock is not None and clock.remaining() <= 0:
+        return EndPlan(False, clock.expired("at its end, before the commit"))
     if boundary.rollback_only:
         error = UnexpectedRollback(
             "nothing was committed: a unit joined into this one failed with "
@@ -183,16 +200,26 @@ class EndResult(NamedTuple):
     error: BaseException | None
 
 
-def end_result(plan: EndPlan, body_exc: BaseException | None, io_error: BaseException | None) -> EndResult:
+def end_result(
+    plan: EndPlan, body_exc: BaseException | None, io_error: BaseException | None, clock: Clock | None = None
+) -> EndResult:
     """Return how the boundary ended once its session I/O is done.
 
     A failed rollback of a unit that already has an error to raise is only
-    logged; a failed commit (or release) is the error.
+    logged; a failed commit (or release) is the error, as :class:`UnitTimeout`
+    if the database stopped it at the budget of *clock* (deferred work runs in
+    a PostgreSQL COMMIT).
     """
     if io_error is not None:
         if not plan.commit and (body_exc is not None or plan.error is not None):
             logger.warning("uow: rollback failed", exc_info=io_error)
             return EndResult(False, plan.error)
+        if clock is not None:
+            cause = database_timeout(io_error)
+            if cause is not None:
+                timeout = clock.translated(cause)
+                timeout.__cause__ = io_error
+                return EndResult(False, timeout)
         return EndResult(False, io_error)
     return EndResult(plan.commit, plan.error)
 
@@ -297,7 +324,12 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 def is_transient(exc: BaseException, extra: tuple[TransientPredicate, ...] = ()) -> bool:
-    """Return True for errors a re-run may cure: serialization failure, deadlock, busy."""
+    """Return True for errors a re-run may cure: serialization failure, deadlock, busy.
+
+    A unit that ran out of its budget (:class:`UnitTimeout`) is not one of them.
+    """
+    if isinstance(exc, UnitTimeout):
+        return False
     for e in _causes(exc):
         code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
         if isinstance(code, str) and code in _TRANSIENT_SQLSTATES:

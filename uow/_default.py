@@ -89,6 +89,7 @@ def unit_of_work(
     no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     durable: bool = False,
     retry: int = 0,
+    timeout: float | None = None,
 ) -> UnitOfWork:
     """Return a unit of work of the default manager, for ``with`` and ``async with``.
 
@@ -104,6 +105,7 @@ def unit_of_work(
         no_rollback_on=no_rollback_on,
         durable=durable,
         retry=retry,
+        timeout=timeout,
     )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
-from .exceptions import InvalidOptionError, IsolationLevelConflict
+from .exceptions import InvalidOptionError, IsolationLevelConflict, TimeoutConflict
 
 __all__ = ["Propagation", "UnitOptions", "check_joinable", "make_options"]
 
@@ -41,6 +42,8 @@ class UnitOptions:
     retry: int = 0
     no_rollback_on: tuple[type[BaseException], ...] = ()
     durable: bool = False
+    #: the budget of the outermost unit, in seconds (None: unbounded)
+    timeout: float | None = None
 
 
 def make_options(
@@ -51,6 +54,7 @@ def make_options(
     retry: int = 0,
     no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     durable: bool = False,
+    timeout: float | None = None,
 ) -> UnitOptions:
     """Validate option values and return them frozen; raise :class:`InvalidOptionError`."""
     if isinstance(propagation, str) and not isinstance(propagation, Propagation):
@@ -107,7 +111,24 @@ def make_options(
             f"read_only=True with propagation={propagation.name}: that unit has "
             "no transaction to make read-only"
         )
-    return UnitOptions(propagation, read_only, isolation_level, retry, no_rollback_on, durable)
+    if timeout is not None:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            raise InvalidOptionError(
+                f"timeout={timeout!r} must be a positive number of seconds, such as "
+                "timeout=2.5, or None for no budget"
+            )
+        if propagation in (Propagation.NOT_SUPPORTED, Propagation.NEVER):
+            raise InvalidOptionError(
+                f"timeout={timeout!r} with propagation={propagation.name}: that unit "
+                "has no transaction to bound"
+            )
+        timeout = float(timeout)
+    return UnitOptions(propagation, read_only, isolation_level, retry, no_rollback_on, durable, timeout)
 
 
 def _check_bool(name: str, value: object) -> None:
@@ -116,7 +137,11 @@ def _check_bool(name: str, value: object) -> None:
 
 
 def check_joinable(options: UnitOptions, outer: UnitOptions) -> None:
-    """Raise if a unit with *options* cannot share the transaction begun with *outer*."""
+    """Raise if a unit with *options* cannot share the transaction begun with *outer*.
+
+    A joined unit's ``timeout`` is checked against the outer unit's budget,
+    not enforced on its own: the shared transaction ends by the outer deadline.
+    """
     level = options.isolation_level
     if level is not None and level != outer.isolation_level:
         have = outer.isolation_level or "the engine's default"
@@ -125,4 +150,14 @@ def check_joinable(options: UnitOptions, outer: UnitOptions) -> None:
             f"transaction that runs at {have}, which cannot change once begun; set "
             f"isolation_level={level!r} on the outermost unit, or use "
             "propagation=REQUIRES_NEW for a transaction of its own"
+        )
+    timeout = options.timeout
+    if timeout is not None and (outer.timeout is None or timeout > outer.timeout):
+        have = "no timeout" if outer.timeout is None else f"timeout={outer.timeout:g}"
+        raise TimeoutConflict(
+            f"this unit asks for timeout={timeout:g}, but it shares the transaction of "
+            f"an outer unit begun with {have}, and the transaction's budget cannot "
+            "grow once begun; put the timeout on the outermost unit (or the request "
+            "middleware), drop it here, or use propagation=REQUIRES_NEW for a "
+            "transaction with a budget of its own"
         )

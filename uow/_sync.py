@@ -154,7 +154,7 @@ def end_sync(
     """End a root or savepoint boundary whose body ended with *exc*; return what to raise."""
     tx = boundary.tx
     body = body_outcome(options, exc)
-    plan = end_plan(boundary, options, body)
+    plan = end_plan(boundary, options, body, exc)
     observation = boundary.observation
     if savepoint:
         boundary.close_savepoint()
@@ -168,7 +168,7 @@ def end_sync(
         io_error = end_session(tx.session, how)  # type: ignore[arg-type]
         if timed is not None:
             timed.commit_ended(io_error)
-    result = end_result(plan, exc, io_error)
+    result = end_result(plan, exc, io_error, tx.clock)
     if not savepoint:
         tx.finish(result.committed)
     if boundary.started:

@@ -36,6 +36,7 @@ from ._detect import is_async_callable
 from ._observe import Observation
 from ._options import UnitOptions
 from ._threads import running_asyncio
+from ._timeout import Clock, arm, start_clock
 from .exceptions import (
     BlockingSessionUse,
     DirectEndError,
@@ -97,11 +98,13 @@ class Binding:
         self.session_factory: sessionmaker[Any] | async_sessionmaker[Any] = factory
         #: True when the factory makes ``AsyncSession`` objects
         self.is_async: bool = isinstance(factory, async_sessionmaker)
-        engine = factory.kw.get("bind")
+        bind = engine = factory.kw.get("bind")
         if isinstance(engine, AsyncEngine):
             engine = engine.sync_engine
         self.engine: Engine | None = engine if isinstance(engine, Engine) else None
-        self.dialect_name: str | None = self.engine.dialect.name if self.engine is not None else None
+        # also for a factory bound to a connection (a test's outer transaction)
+        dialect = getattr(bind, "dialect", None)
+        self.dialect_name: str | None = dialect.name if dialect is not None else None
         #: names the database in errors and log records
         self.name: str = name or (
             self.engine.url.render_as_string(hide_password=True) if self.engine is not None else repr(factory)
@@ -222,6 +225,7 @@ class Transaction:
         "_status",
         "_thread_lock",
         "binding",
+        "clock",
         "connected",
         "direct_end_allowed",
         "driven_async",
@@ -242,6 +246,10 @@ class Transaction:
     ) -> None:
         self.binding = binding
         self.options = options
+        #: the budget of a unit with ``timeout`` (started now), None without one
+        self.clock: Clock | None = (
+            None if options.timeout is None else start_clock(options.timeout, binding.dialect_name)
+        )
         self.session: Session | AsyncSession | None = None
         #: True when the outermost unit is finished with ``await`` (async def / async with)
         self.driven_async = driven_async
@@ -559,12 +567,15 @@ def _after_transaction_create(session: Session, transaction: SessionTransaction)
             raise SessionEnded(ENDED)
 
 
-def _after_begin(session: Session, _transaction: Any, _connection: Any) -> None:
+def _after_begin(session: Session, _transaction: Any, connection: Any) -> None:
     tx = session.info.get(TX_KEY)
     if tx is not None:
-        tx.mark_connected()  # the unit's end gives the connection back, also after the error below
+        tx.mark_connected()  # the unit's end gives the connection back, also after the errors below
         if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
             raise BlockingSessionUse(_BLOCKING)
+        if tx.clock is not None and not tx.binding.external_transaction:
+            # (inside a test's outer transaction the connection outlives the unit: not bounded)
+            arm(tx.clock, connection, tx.binding.dialect_name)
 
 
 def _direct_end(session: Session, call: str) -> None:

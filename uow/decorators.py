@@ -37,6 +37,7 @@ def transactional(
     retry: int = ...,
     no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
     durable: bool = ...,
+    timeout: float | None = ...,
     manager: Binding | None = ...,
 ) -> Callable[[F], F]: ...
 def transactional(
@@ -49,6 +50,7 @@ def transactional(
     retry: int = 0,
     no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = (),
     durable: bool = False,
+    timeout: float | None = None,
     manager: Binding | None = None,
 ) -> Any:
     """Run the decorated function in a unit of work.
@@ -60,8 +62,10 @@ def transactional(
     (except for types in *no_rollback_on*, which commit and still
     propagate). *retry* re-runs an outermost unit on transient errors
     (serialization failure, deadlock, SQLite busy) with jittered back-off.
-    Without *manager* the default one from :func:`uow.configure` is used,
-    looked up at each call.
+    *timeout* gives an outermost unit a budget in seconds, from its start
+    (each retry has a budget of its own); running past it raises
+    :class:`uow.UnitTimeout` and rolls back. Without *manager* the default
+    one from :func:`uow.configure` is used, looked up at each call.
     """
     options = make_options(
         propagation=propagation,
@@ -70,6 +74,7 @@ def transactional(
         retry=retry,
         no_rollback_on=no_rollback_on,
         durable=durable,
+        timeout=timeout,
     )
     get_manager: GetManager = (lambda: manager) if manager is not None else get_default
     if fn is None:
@@ -181,6 +186,7 @@ class UnitOfWork:
         no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = (),
         durable: bool = False,
         retry: int = 0,
+        timeout: float | None = None,
     ) -> None:
         if retry:
             raise InvalidOptionError(
@@ -194,6 +200,7 @@ class UnitOfWork:
             isolation_level=isolation_level,
             no_rollback_on=no_rollback_on,
             durable=durable,
+            timeout=timeout,
         )
         self._block: SyncBlock | AsyncBlock | None = None
 

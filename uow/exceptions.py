@@ -17,9 +17,12 @@ __all__ = [
     "SavepointConflict",
     "SessionEnded",
     "SessionKindError",
+    "TimeoutConflict",
+    "TimeoutUnsupported",
     "UnexpectedRollback",
     "UnitOfWorkError",
     "UnitOfWorkWarning",
+    "UnitTimeout",
 ]
 
 
@@ -74,6 +77,32 @@ class PropagationError(UnitOfWorkError, RuntimeError):
 
 class IsolationLevelConflict(UnitOfWorkError):
     """Raised when a joined unit asks for an isolation level its outer unit lacks."""
+
+
+class TimeoutConflict(UnitOfWorkError):
+    """Raised when a unit that shares its outer unit's transaction asks for more time than it has.
+
+    A joined unit (``REQUIRED`` inside a unit) or a savepoint (``NESTED``)
+    runs under the outer unit's budget: asking for a longer ``timeout`` than
+    the outer one, or for any when the outer unit has none, cannot be honoured.
+    """
+
+
+class TimeoutUnsupported(UnitOfWorkError):
+    """Raised when a unit with ``timeout`` begins on a database uow cannot bound.
+
+    Timeouts are enforced on PostgreSQL and SQLite; elsewhere the unit refuses
+    to start rather than run unbounded.
+    """
+
+
+class UnitTimeout(UnitOfWorkError, TimeoutError):
+    """Raised when a unit runs out of its ``timeout`` budget; the unit was rolled back.
+
+    The database's own error (a cancelled statement or lock wait on
+    PostgreSQL, an interrupted statement on SQLite) is the ``__cause__`` when
+    there is one. A timed-out unit is not retried by ``retry=``.
+    """
 
 
 class UnexpectedRollback(UnitOfWorkError):

@@ -213,6 +213,7 @@ class UnitOfWorkManager(Binding, Generic[S]):
         retry: int = ...,
         no_rollback_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
         durable: bool = ...,
+        timeout: float | None = ...,
     ) -> Callable[[F], F]: ...
     def transactional(self, fn: Any = None, /, **options: Any) -> Any:
         """Run a function in a unit of this manager; see :func:`uow.transactional`."""

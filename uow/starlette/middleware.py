@@ -12,9 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _observe, _registry
 from .._async import end_async
-from .._options import Propagation, UnitOptions
+from .._options import Propagation, UnitOptions, make_options
+from .._timeout import start_clock
 from .._transaction import Binding, Boundary, Transaction, serial_tx
-from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit
+from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit, UnitTimeout
 from ..manager import UnitOfWorkManager
 
 __all__ = ["CommitMode", "UnitOfWorkMiddleware"]
@@ -25,7 +26,6 @@ _MODES: dict[str, range] = {
     "autocommit": range(200, 300),
     "autocommit_include_redirect": range(200, 400),
 }
-_REQUEST_OPTIONS = UnitOptions(propagation=Propagation.REQUIRES_NEW)
 logger = logging.getLogger("uow")
 
 
@@ -46,7 +46,11 @@ class UnitOfWorkMiddleware:
     500, never the status the handler chose, and the error propagates to
     the app's error handlers (Starlette's answers 500) and to the server. An exception, a
     cancellation, or a client that disconnected before the response started
-    rolls back. The session is
+    rolls back. With *timeout* (seconds) each request's unit has that budget,
+    from the request's start: a request whose unit runs out of it (a
+    statement stopped by the database, or a commit past the deadline) is
+    rolled back and answered 503, never 2xx, and ``uow.UnitTimeout``
+    propagates to the server like any error. The session is
     closed before the response starts; using ``uow.session`` afterwards (in
     a streaming body, say) raises ``NoActiveUnitOfWork`` — open a unit of
     your own there. Without *manager*, the default one from
@@ -61,6 +65,7 @@ class UnitOfWorkMiddleware:
         commit_mode: CommitMode = "autocommit",
         extra_commit_statuses: Iterable[int] = (),
         extra_rollback_statuses: Iterable[int] = (),
+        timeout: float | None = None,
     ) -> None:
         if commit_mode not in _MODES:
             raise InvalidOptionError(f"commit_mode={commit_mode!r} is not one of {sorted(_MODES)}")
@@ -75,6 +80,9 @@ class UnitOfWorkMiddleware:
                 f"statuses {sorted(commit & rollback)} are in both extra_commit_statuses "
                 "and extra_rollback_statuses; put each status in one of them"
             )
+        self.options = make_options(propagation=Propagation.REQUIRES_NEW, timeout=timeout)
+        if timeout is not None and manager is not None:
+            start_clock(timeout, manager.dialect_name)  # refuses a database it cannot bound, now
         self.app = app
         self.manager = manager
         self.commit_mode = commit_mode
@@ -94,14 +102,16 @@ class UnitOfWorkMiddleware:
             # database is answered; uow.session raises NotConfiguredError in one that does
             await self.app(scope, receive, send)
             return
-        request = _Request(manager, scope, receive, send, self.commit_statuses, self.commit_mode)
+        request = _Request(
+            manager, self.options, scope, receive, send, self.commit_statuses, self.commit_mode
+        )
         token = manager.current.set(request.unit)
         serial = None if manager.is_async else serial_tx.set(request.tx)
         observer = _observe.observer
         observation = None
         if observer is not None:
             observation = request.unit.observation = observer.start(
-                options=_REQUEST_OPTIONS,
+                options=self.options,
                 savepoint=False,
                 db_system=manager.dialect_name,
                 function=None,
@@ -113,7 +123,12 @@ class UnitOfWorkMiddleware:
             if not request.tx.ended:
                 await request.end(None)  # the app never started a response: roll back
         except BaseException as exc:
-            await request.end(exc)
+            try:
+                await request.end(exc)
+            except BaseException as error:
+                await request.answer_timeout(error)
+                raise
+            await request.answer_timeout(exc)
             raise
         finally:
             if observation is not None:
@@ -153,18 +168,31 @@ _COMMITTED = "uow.committed"
 class _Request:
     """One request's unit, and the receive/send wrappers that end it in time."""
 
-    __slots__ = ("_receive", "_send", "commit_mode", "commit_statuses", "disconnected", "scope", "tx", "unit")
+    __slots__ = (
+        "_receive",
+        "_send",
+        "commit_mode",
+        "commit_statuses",
+        "disconnected",
+        "options",
+        "scope",
+        "started",
+        "tx",
+        "unit",
+    )
 
     def __init__(
         self,
         manager: Binding,
+        options: UnitOptions,
         scope: Scope,
         receive: Receive,
         send: Send,
         commit_statuses: frozenset[int],
         commit_mode: CommitMode,
     ) -> None:
-        self.tx = Transaction(manager, _REQUEST_OPTIONS, driven_async=True)
+        self.options = options
+        self.tx = Transaction(manager, options, driven_async=True)
         if commit_mode == "manual":
             self.tx.direct_end_allowed = True  # the app commits itself
         self.unit = Boundary(self.tx)
@@ -175,6 +203,8 @@ class _Request:
         self.commit_mode = commit_mode
         #: set when the app has been told, through :meth:`receive`, that the client is gone
         self.disconnected = False
+        #: set once ``http.response.start`` went on to the server
+        self.started = False
 
     async def receive(self) -> Message:
         """The server's ``receive``, noting a disconnect on the way; uow never calls it by itself."""
@@ -204,7 +234,9 @@ class _Request:
                                 self.commit_mode, message["status"], commit, tx.committed is True
                             )
                     if forwarded:
+                        self.started = True
                         return
+            self.started = True
         observation = self.unit.observation
         if observation is not None and self.tx.ended:
             with observation.outside():  # the response is the request's, not the ended unit's
@@ -217,7 +249,7 @@ class _Request:
         unit = self.unit
         tx = self.tx
         try:
-            error = await end_async(unit, _REQUEST_OPTIONS, None, rollback=not commit)
+            error = await end_async(unit, self.options, None, rollback=not commit)
         except BaseException:
             if tx.committed:
                 # cancelled while a COMMIT ran to its end: the client learns of the commit
@@ -268,12 +300,23 @@ class _Request:
         if self.tx.ended:
             return
         try:
-            error = await end_async(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
+            error = await end_async(self.unit, self.options, exc, rollback=exc is None)
         finally:
             if self.unit.observation is not None:
                 self.unit.observation.decided(self.commit_mode, None, False, False)
         if error is not None:
             raise self._failed(error) from exc
+
+    async def answer_timeout(self, error: BaseException) -> None:
+        """Answer 503 for a request that ran out of time before its response started."""
+        if self.started or not isinstance(error, UnitTimeout):
+            return
+        self.started = True
+        try:
+            await self._send({"type": "http.response.start", "status": 503, "headers": _TIMEOUT_HEADERS})
+            await self._send({"type": "http.response.body", "body": _TIMEOUT_BODY})
+        except Exception:  # the client is gone, say: the timeout is still what propagates
+            logger.warning("uow: the 503 for a request that ran out of time could not be sent", exc_info=True)
 
 
 async def _forward_shielded(send: Send, message: Message) -> None:
@@ -283,6 +326,11 @@ async def _forward_shielded(send: Send, message: Message) -> None:
 
 
 _FORWARD_TIMEOUT = 5.0
+_TIMEOUT_BODY = b"Service Unavailable: the request ran out of time and was rolled back"
+_TIMEOUT_HEADERS = [
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-length", str(len(_TIMEOUT_BODY)).encode()),
+]
 
 
 def _statuses(name: str, values: Iterable[int]) -> frozenset[int]:

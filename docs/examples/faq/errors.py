@@ -336,6 +336,63 @@ def direct_end_fix() -> None:
 # --8<-- [end:direct-end]
 
 
+# --8<-- [start:unit-timeout]
+COUNT_TO = (
+    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < :last) SELECT count(*) FROM n"
+)
+
+
+def unit_timeout_mistake() -> None:
+    with uow.unit_of_work(timeout=0.2) as session:
+        session.execute(text(COUNT_TO), {"last": 10**9})  # UnitTimeout: stopped at 0.2 s
+
+
+def unit_timeout_fix() -> None:
+    with uow.unit_of_work(timeout=5) as session:  # work that fits its budget (here: less of it)
+        session.execute(text(COUNT_TO), {"last": 1000})
+
+
+# --8<-- [end:unit-timeout]
+
+
+# --8<-- [start:timeout-conflict]
+@uow.transactional(timeout=5)
+def import_users() -> None:
+    uow.session.add(User(email="ola@example.com"))
+
+
+def timeout_conflict_mistake() -> None:
+    with uow.unit_of_work(timeout=1):  # the transaction's budget: 1 s
+        import_users()  # TimeoutConflict: a joined unit cannot have 5 s of a 1 s budget
+
+
+def timeout_conflict_fix() -> None:
+    with uow.unit_of_work(timeout=5):  # the budget belongs to the outermost unit
+        import_users()
+
+
+# --8<-- [end:timeout-conflict]
+
+
+# --8<-- [start:timeout-unsupported]
+def timeout_unsupported_mistake() -> None:
+    import sqlite3  # a stand-in for the MySQL driver, so that this page runs anywhere
+
+    mysql = uow.UnitOfWorkManager(create_engine("mysql://app@db.example/app", module=sqlite3))
+    with mysql.unit_of_work(timeout=5):  # TimeoutUnsupported, before it connects
+        pass
+
+
+def timeout_unsupported_fix() -> None:
+    # on MySQL, bound statements with the server's own settings (max_execution_time,
+    # innodb_lock_wait_timeout), and give uow units no timeout there
+    with uow.unit_of_work(timeout=5):  # this manager's database, SQLite, supports it
+        pass
+
+
+# --8<-- [end:timeout-unsupported]
+
+
 # --8<-- [start:base]
 def reused_block_mistake() -> None:
     unit = uow.unit_of_work()
@@ -378,6 +435,9 @@ def main() -> None:
         ),
         (lambda: asyncio.run(partial_commit_mistake()), partial_commit_fix, uow.PartialCommit),
         (direct_end_mistake, direct_end_fix, uow.DirectEndError),
+        (unit_timeout_mistake, unit_timeout_fix, uow.UnitTimeout),
+        (timeout_conflict_mistake, timeout_conflict_fix, uow.TimeoutConflict),
+        (timeout_unsupported_mistake, timeout_unsupported_fix, uow.TimeoutUnsupported),
         (reused_block_mistake, reused_block_fix, uow.UnitOfWorkError),
     ]
     try:
