@@ -27,7 +27,7 @@ from ._decisions import (
     to_raise,
 )
 from ._options import UnitOptions, check_joinable
-from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, logger
+from ._transaction import Binding, Boundary, Hook, PendingRoot, Transaction, live, log_end, logger
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
 __all__ = ["SyncBlock", "end_savepoint", "end_session", "end_sync", "run_hooks"]
@@ -44,7 +44,7 @@ class SyncBlock:
         #: how many times a retrying decorator ran the unit before (for the DEBUG record)
         self.attempt = attempt
         self.boundary: Boundary | None = None
-        self.token: Token[Boundary | None] | None = None
+        self.token: Token[Boundary | PendingRoot | None] | None = None
 
     def __enter__(self) -> Boundary | None:
         binding = self.binding

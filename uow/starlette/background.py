@@ -86,7 +86,7 @@ class BackgroundTask(StarletteBackgroundTask):
 
 def _first_transaction(manager: UnitOfWorkManager) -> Transaction | None:
     """Return the request's transaction: the first of the context, under any REQUIRES_NEW ones."""
-    boundary = manager.current.get()
+    boundary = manager.current_boundary()
     if boundary is None:
         return None
     tx = boundary.tx

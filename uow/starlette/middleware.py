@@ -12,8 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _registry
 from .._async import end_async
-from .._options import Propagation, UnitOptions
-from .._transaction import Binding, Boundary, Transaction, serial_tx
+from .._transaction import Binding, Boundary, PendingRoot, serial_tx
 from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit
 from ..manager import UnitOfWorkManager
 
@@ -25,7 +24,7 @@ _MODES: dict[str, range] = {
     "autocommit": range(200, 300),
     "autocommit_include_redirect": range(200, 400),
 }
-_REQUEST_OPTIONS = UnitOptions(propagation=Propagation.REQUIRES_NEW)
+_REQUEST_OPTIONS = PendingRoot.options
 logger = logging.getLogger("uow")
 
 
@@ -81,6 +80,7 @@ class UnitOfWorkMiddleware:
         self.commit_statuses = frozenset(
             s for s in range(100, 600) if (s in _MODES[commit_mode] or s in commit) and s not in rollback
         )
+        self.manual = commit_mode == "manual"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -94,12 +94,14 @@ class UnitOfWorkMiddleware:
             # database is answered; uow.session raises NotConfiguredError in one that does
             await self.app(scope, receive, send)
             return
-        request = _Request(manager, scope, receive, send, self.commit_statuses, self.commit_mode == "manual")
-        token = manager.current.set(request.unit)
-        serial = None if manager.is_async else serial_tx.set(request.tx)
+        request = _Request(manager, self, scope, receive, send)
+        if logger.isEnabledFor(logging.DEBUG):
+            request.boundary()  # made now, so that its DEBUG record times the whole request
+        token = manager.current.set(request)
+        serial = None if manager.is_async else serial_tx.set(request)
         try:
             await self.app(scope, request.receive, request.send)
-            if not request.tx.ended:
+            if request.outcome is None:
                 await request.end(None)  # the app never started a response: roll back
         except BaseException as exc:
             await request.end(exc)
@@ -137,28 +139,19 @@ class UnitOfWorkMiddleware:
 _COMMITTED = "uow.committed"
 
 
-class _Request:
-    """One request's unit, and the receive/send wrappers that end it in time."""
+class _Request(PendingRoot):
+    """One request's unit (made on first use), and the receive/send wrappers that end it in time."""
 
-    __slots__ = ("_receive", "_send", "commit_statuses", "disconnected", "scope", "tx", "unit")
+    __slots__ = ("_receive", "_send", "commit_statuses", "disconnected", "scope")
 
     def __init__(
-        self,
-        manager: Binding,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        commit_statuses: frozenset[int],
-        manual: bool,
+        self, manager: Binding, middleware: UnitOfWorkMiddleware, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        self.tx = Transaction(manager, _REQUEST_OPTIONS, driven_async=True)
-        if manual:
-            self.tx.direct_end_allowed = True  # the app commits itself
-        self.unit = Boundary(self.tx)
+        super().__init__(manager, middleware.manual)  # in manual mode the app commits itself
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.commit_statuses = commit_statuses
+        self.commit_statuses = middleware.commit_statuses
         #: set when the app has been told, through :meth:`receive`, that the client is gone
         self.disconnected = False
 
@@ -170,21 +163,22 @@ class _Request:
         return message
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            tx = self.tx
-            if not tx.ended:
-                # a client the app has seen leave learns nothing of a commit: roll back
-                commit = message["status"] in self.commit_statuses and not self.disconnected
-                if tx.session is None and self.unit.is_bare():
-                    tx.finish(commit)  # the request never used the database: no I/O to do
-                elif await self._end_before(message, commit):
+        if message["type"] == "http.response.start" and self.outcome is None:
+            # a client the app has seen leave learns nothing of a commit: roll back
+            commit = message["status"] in self.commit_statuses and not self.disconnected
+            if not self.end_unmade(commit):  # else: the request never used uow, no I/O to do
+                unit = self.made_open()
+                if unit is None:
+                    pass  # made in a thread just now, and ended there
+                elif unit.tx.session is None and unit.is_bare():
+                    unit.tx.finish(commit)  # made, but the database was never used: no I/O either
+                elif await self._end_before(unit, message, commit):
                     return  # forwarded already
         await self._send(message)
 
-    async def _end_before(self, start: Message, commit: bool) -> bool:
+    async def _end_before(self, unit: Boundary, start: Message, commit: bool) -> bool:
         """End the unit, committing if *commit*; return True if *start* was forwarded meanwhile."""
-        unit = self.unit
-        tx = self.tx
+        tx = unit.tx
         try:
             error = await end_async(unit, _REQUEST_OPTIONS, None, rollback=not commit)
         except BaseException:
@@ -214,7 +208,7 @@ class _Request:
         kept = tuple(self.scope.get(_COMMITTED, ()))
         if not kept:
             return error
-        failed = self.unit.tx.binding.name
+        failed = self.binding.name
         logger.error(
             "uow: the request's COMMIT on %s failed after %s committed its part: partial commit",
             failed,
@@ -234,9 +228,12 @@ class _Request:
 
     async def end(self, exc: BaseException | None) -> None:
         """End the unit if the response never started (an exception, or no response)."""
-        if self.tx.ended:
+        if self.outcome is not None or self.end_unmade(False):
             return
-        error = await end_async(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
+        unit = self.made_open()
+        if unit is None:
+            return
+        error = await end_async(unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
         if error is not None:
             raise self._failed(error) from exc
 
