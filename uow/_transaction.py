@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypeVar
 import anyio
 import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from ._compat import AsyncEngine, async_sessionmaker
@@ -103,6 +103,12 @@ class Binding:
             engine = engine.sync_engine
         self.engine: Engine | None = engine if isinstance(engine, Engine) else None
         self.dialect_name: str | None = self.engine.dialect.name if self.engine is not None else None
+        #: True when a read-only unit's READ ONLY goes out with its BEGIN, set on the driver's
+        #: connection (psycopg 3's ``read_only``): no execution options, no connection up front
+        self.read_only_in_begin = self.engine is not None and _psycopg_sync(self.engine)
+        if self.read_only_in_begin:
+            assert self.engine is not None
+            event.listen(self.engine, "checkin", _restore_read_only)
         #: names the database in errors and log records
         self.name: str = name or (
             self.engine.url.render_as_string(hide_password=True) if self.engine is not None else repr(factory)
@@ -346,7 +352,11 @@ class Transaction:
         opts: dict[str, Any] = {}
         if options.isolation_level is not None:
             opts["isolation_level"] = options.isolation_level
-        if options.read_only and self.binding.dialect_name == "postgresql":
+        if (
+            options.read_only
+            and self.binding.dialect_name == "postgresql"
+            and not self.binding.read_only_in_begin
+        ):
             opts["postgresql_readonly"] = True
         if opts and self.binding.external_transaction:
             # inside a test's outer transaction the connection is already
@@ -356,7 +366,12 @@ class Transaction:
 
     def read_only_at_database(self) -> bool:
         """Return True if the database itself refuses writes in this transaction (READ ONLY)."""
-        return "postgresql_readonly" in self.start_options()
+        binding = self.binding
+        return (
+            self.options.read_only
+            and binding.dialect_name == "postgresql"
+            and not binding.external_transaction
+        )
 
     def needs_io_to_end(self) -> bool:
         """Return True if ending the session may touch the database."""
@@ -651,12 +666,51 @@ def _after_transaction_create(session: Session, transaction: SessionTransaction)
             raise SessionEnded(ENDED)
 
 
-def _after_begin(session: Session, _transaction: Any, _connection: Any) -> None:
+def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
     tx = session.info.get(TX_KEY)
     if tx is not None:
         tx.mark_connected()  # the unit's end gives the connection back, also after the error below
         if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
             raise BlockingSessionUse(_BLOCKING)
+        if transaction.parent is None and tx.binding.read_only_in_begin and tx.read_only_at_database():
+            _begin_read_only(connection)
+
+
+# --- READ ONLY with the BEGIN, on psycopg 3: set on the driver's connection, restored at checkin --
+
+#: the key of the pool's connection info holding the driver's read_only to restore at checkin
+_READ_ONLY_KEY = "uow.read_only_before"
+
+
+def _psycopg_sync(engine: Engine) -> bool:
+    dialect = engine.dialect
+    return dialect.name == "postgresql" and dialect.driver == "psycopg" and not dialect.is_async
+
+
+def _begin_read_only(connection: Connection) -> None:
+    """Make the transaction about to begin READ ONLY: psycopg sends ``BEGIN READ ONLY`` (no extra trip).
+
+    Called when the session has taken the connection and before its first
+    statement (psycopg begins a transaction with the first statement).
+    """
+    pooled = connection.connection
+    driver = pooled.driver_connection
+    pooled.info[_READ_ONLY_KEY] = driver.read_only  # type: ignore[union-attr]
+    driver.read_only = True  # type: ignore[union-attr]
+
+
+def _restore_read_only(dbapi_connection: Any, record: Any) -> None:
+    """On checkin (the transaction is over): give the connection back with its own read_only."""
+    info = record.info
+    if _READ_ONLY_KEY not in info:
+        return
+    previous = info.pop(_READ_ONLY_KEY)
+    if dbapi_connection is None:
+        return
+    try:
+        dbapi_connection.read_only = previous
+    except Exception as e:  # a connection that cannot say it is read-write again is not reused
+        record.invalidate(e)
 
 
 def _direct_end(session: Session, call: str) -> None:
