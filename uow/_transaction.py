@@ -672,7 +672,14 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
         tx.mark_connected()  # the unit's end gives the connection back, also after the error below
         if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
             raise BlockingSessionUse(_BLOCKING)
-        if transaction.parent is None and tx.binding.read_only_in_begin and tx.read_only_at_database():
+        binding = tx.binding
+        # read-write units stop at the first test; a test's outer transaction cannot change
+        if (
+            tx.options.read_only
+            and binding.read_only_in_begin
+            and not binding.external_transaction
+            and transaction.parent is None
+        ):
             _begin_read_only(connection)
 
 
