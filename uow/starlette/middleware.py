@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from threading import get_ident
 from typing import Literal
 
 import anyio
@@ -147,7 +148,12 @@ class _Request(PendingRoot):
     def __init__(
         self, manager: Binding, middleware: UnitOfWorkMiddleware, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        super().__init__(manager, middleware.manual)  # in manual mode the app commits itself
+        # PendingRoot's fields, set here (one call less per request)
+        self.binding = manager
+        self.direct_end_allowed = middleware.manual  # in manual mode the app commits itself
+        self.loop_thread = get_ident()
+        self.made = None
+        self.outcome = None
         self.scope = scope
         self._receive = receive
         self._send = send
