@@ -555,12 +555,6 @@ class PendingRoot:
             assert made is not None
             return None if made.tx.closed else made
 
-    @property
-    def ended(self) -> bool:
-        """True once the end began."""
-        made = self.made
-        return made.tx.ended if made is not None else self.outcome is not None
-
 
 def live(current: Boundary | PendingRoot | None) -> Boundary | None:
     """Return the boundary *current* stands for if it is open, None if there is none or it ended.
