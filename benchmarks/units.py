@@ -34,7 +34,7 @@ from uow.starlette import UnitOfWorkMiddleware
 
 
 def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
-    """µs per primary-key read: by hand, in a read-write unit, in a read-only unit."""
+    """µs per primary-key read: by hand, in a read-write unit, in a read-only unit (sync and async def)."""
     engine = create_engine(url)
     factory = sessionmaker(engine, expire_on_commit=False)
     manager = uow.UnitOfWorkManager(engine)
@@ -43,21 +43,41 @@ def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
         with factory.begin() as session:
             return session.get(apps.User, i % apps.ROWS + 1)
 
-    @manager.transactional
-    def read_write(i: int) -> Any:
+    def read(i: int) -> Any:
         return manager.session.get(apps.User, i % apps.ROWS + 1)
+
+    read_write = manager.transactional(read)
+    read_only = manager.transactional(read_only=True)(read)
+
+    # async def units on the same sync engine: the read goes to a worker thread
+    @manager.transactional
+    async def read_write_async(i: int) -> Any:
+        return await manager.run_sync(read, i)
 
     @manager.transactional(read_only=True)
-    def read_only(i: int) -> Any:
-        return manager.session.get(apps.User, i % apps.ROWS + 1)
+    async def read_only_async(i: int) -> Any:
+        return await manager.run_sync(read, i)
 
     variants = {"by hand (commits)": by_hand, "read-write unit": read_write, "read-only unit": read_only}
-    out: dict[str, list[float]] = {name: [] for name in variants}
+    async_variants = {
+        "read-write unit, async def": read_write_async,
+        "read-only unit, async def": read_only_async,
+    }
+    out: dict[str, list[float]] = {name: [] for name in [*variants, *async_variants]}
+
+    async def run_async(record: bool) -> None:
+        for name, fn in async_variants.items():
+            us = await per_call_us_async(fn, max(calls // 4, 10))
+            if record:
+                out[name].append(us)
+
     for fn in variants.values():
         per_call_us(fn, calls)  # warm up
+    asyncio.run(run_async(record=False))
     for _ in range(rounds):
         for name, fn in variants.items():
             out[name].append(per_call_us(fn, calls))
+        asyncio.run(run_async(record=True))
     engine.dispose()
     return out
 
@@ -163,6 +183,12 @@ NOTES = {
 }
 
 
+def _floor_ratio(rows: dict[str, float]) -> float:
+    """The middleware's cost over the app alone, in units of the send-wrapping floor's."""
+    bare = rows["no middleware"]
+    return (rows["UnitOfWorkMiddleware"] - bare) / (rows["send-wrapping middleware (floor)"] - bare)
+
+
 def write_page(results: list[dict[str, Any]], path: Path) -> None:
     """Write the unit-costs page: one table per group, one column per database."""
     lines = [
@@ -183,6 +209,15 @@ def write_page(results: list[dict[str, Any]], path: Path) -> None:
             cells = " | ".join(f"{r['median_us'][group][variant]:.1f}" for r in results)
             lines.append(f"| {variant} | {cells} |")
         lines.append("")
+        if group == "no-DB request":
+            ratios = ", ".join(
+                f"{_floor_ratio(r['median_us'][group]):.1f} times ({r['url'].split(':')[0]})" for r in results
+            )
+            lines += [
+                "UnitOfWorkMiddleware's own cost (its figure less the app's alone) against the",
+                f"send-wrapping floor's: {ratios}.",
+                "",
+            ]
     lines += [
         "The command: `scripts/bench` (or",
         "`python -m benchmarks.units --url URL --page docs/unit-costs.md`).",

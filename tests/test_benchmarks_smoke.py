@@ -43,7 +43,13 @@ def test_unit_costs_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert units.main(["--smoke", "--page", str(page)]) == 0
     (result,) = json.loads(capsys.readouterr().out)
     groups = result["median_us"]
-    assert set(groups["unit kinds"]) == {"by hand (commits)", "read-write unit", "read-only unit"}
+    assert set(groups["unit kinds"]) == {
+        "by hand (commits)",
+        "read-write unit",
+        "read-only unit",
+        "read-write unit, async def",
+        "read-only unit, async def",
+    }
     assert set(groups["no-DB request"]) == {
         "no middleware",
         "send-wrapping middleware (floor)",
@@ -51,6 +57,7 @@ def test_unit_costs_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     }
     assert all(v > 0 for group in groups.values() for v in group.values())
     assert "## hand-off" in page.read_text()
+    assert "send-wrapping floor's:" in page.read_text()
 
 
 def test_headline_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

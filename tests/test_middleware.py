@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -196,6 +198,60 @@ async def test_requests_that_do_not_use_the_db_check_out_nothing(
         for _ in range(5):
             assert (await c.get("/a")).status_code == 200
             assert (await c.get("/s")).status_code == 200
+    assert checkouts == []
+
+
+@pytest.mark.anyio
+async def test_a_unit_first_used_in_a_worker_thread_still_guards_the_event_loop(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    refused: list[str] = []
+
+    async def endpoint(request: Request) -> Response:
+        # the request's unit is made here, in a worker thread, on first use
+        await anyio.to_thread.run_sync(lambda: uow.session.add(Item(name="made-in-a-thread")))
+        try:
+            uow.session.execute(select(Item))  # back on the event loop: it would block it
+        except uow.BlockingSessionUse:
+            refused.append("on the loop")
+        return JSONResponse({}, status_code=201)
+
+    async with client(starlette_app(Route("/", endpoint, methods=["POST"]))) as c:
+        assert (await c.post("/")).status_code == 201
+    assert refused == ["on the loop"]
+    assert names(engine) == ["made-in-a-thread"]
+
+
+@pytest.mark.anyio
+async def test_a_thread_that_first_uses_the_session_after_the_response_is_refused(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    responded = threading.Event()
+    outcome: list[BaseException | str] = []
+
+    def late() -> None:
+        responded.wait(5)
+        try:
+            uow.session.add(Item(name="late"))
+            outcome.append("used")
+        except uow.UnitOfWorkError as e:
+            outcome.append(e)
+
+    async def endpoint(request: Request) -> Response:
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(late,))
+        thread.start()
+        return PlainTextResponse("no db here")
+
+    checkouts: list[int] = []
+    event.listen(engine, "checkout", lambda *a: checkouts.append(1))
+    async with client(starlette_app(Route("/", endpoint))) as c:
+        assert (await c.get("/")).status_code == 200
+    responded.set()
+    for _ in range(100):
+        if outcome:
+            break
+        await anyio.sleep(0.05)
+    assert len(outcome) == 1 and isinstance(outcome[0], uow.SessionEnded), outcome
     assert checkouts == []
 
 

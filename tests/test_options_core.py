@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import uow
-from tests.conftest import Item, asyncio_and_trio, names
+from tests.conftest import Item, asyncio_and_trio, make_engine, names
 
 
 def test_read_only_never_writes(manager: uow.UnitOfWorkManager, engine: Engine, backend: str) -> None:
@@ -220,3 +220,44 @@ async def test_async_session_read_only_and_isolation(
             s.add(Item(name="nope"))
     async with uow.unit_of_work() as s:
         assert list(await s.scalars(select(Item.name))) == []
+
+
+@pytest.mark.anyio
+async def test_read_only_on_one_pooled_postgresql_connection_then_read_write_again(tmp_path: Path) -> None:
+    """READ ONLY goes out with the BEGIN; the connection goes back to the pool read-write."""
+    engine = make_engine("postgresql", tmp_path, pool_size=1, max_overflow=0)
+    manager = uow.UnitOfWorkManager(engine)
+    try:
+
+        def read_only_state() -> tuple[int, str]:
+            session = manager.current_session()
+            pid = session.scalar(text("SELECT pg_backend_pid()"))
+            return pid, session.scalar(text("SHOW transaction_read_only"))
+
+        def write(name: str) -> None:
+            manager.current_session().execute(text("INSERT INTO items (name) VALUES (:n)"), {"n": name})
+
+        seen: list[tuple[int, str]] = []
+        for round in range(2):  # sync units, then async-driven ones whose session is sync
+            with manager.unit_of_work(read_only=True):
+                seen.append(read_only_state())
+                with manager.unit_of_work(propagation=uow.Propagation.NESTED):  # a savepoint inside
+                    seen.append(read_only_state())
+            with pytest.raises(DBAPIError, match="read-only"), manager.unit_of_work(read_only=True):
+                write("refused")
+            with manager.unit_of_work():
+                seen.append(read_only_state())
+                write(f"sync {round}")
+            async with manager.unit_of_work(read_only=True):
+                seen.append(await manager.run_sync(read_only_state))
+            with pytest.raises(DBAPIError, match="read-only"):
+                async with manager.unit_of_work(read_only=True):
+                    await manager.run_sync(write, "refused")
+            async with manager.unit_of_work():
+                seen.append(await manager.run_sync(read_only_state))
+                await manager.run_sync(write, f"async {round}")
+        assert [state for _, state in seen] == ["on", "on", "off", "on", "off"] * 2
+        assert len({pid for pid, _ in seen}) == 1  # one pooled connection all along
+        assert sorted(names(engine)) == ["async 0", "async 1", "sync 0", "sync 1"]
+    finally:
+        engine.dispose()

@@ -69,7 +69,7 @@ def test_unit_that_never_touches_the_db_makes_no_session(manager: uow.UnitOfWork
 
     @uow.transactional
     def noop() -> int:
-        unit = manager.current.get()
+        unit = manager.current_boundary()
         assert unit is not None
         made.append(unit.tx.session)  # type: ignore[arg-type]
         return 1

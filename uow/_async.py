@@ -38,7 +38,7 @@ from ._observe import Observation
 from ._options import UnitOptions, check_joinable
 from ._sync import end_savepoint, end_session
 from ._threads import finish, raise_after, session_thread, shielded
-from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, serial_tx
+from ._transaction import Binding, Boundary, Hook, PendingRoot, Transaction, live, log_end, serial_tx
 from .exceptions import HookError
 
 __all__ = ["AsyncBlock", "end_async", "run_hooks_async"]
@@ -76,8 +76,8 @@ class AsyncBlock:
         self.function = function
         self.retried = retried
         self.boundary: Boundary | None = None
-        self.token: Token[Boundary | None] | None = None
-        self.serial_token: Token[Transaction | None] | None = None
+        self.token: Token[Boundary | PendingRoot | None] | None = None
+        self.serial_token: Token[Transaction | PendingRoot | None] | None = None
 
     async def __aenter__(self) -> Boundary | None:
         binding = self.binding

@@ -30,7 +30,7 @@ from ._decisions import (
 )
 from ._observe import Observation
 from ._options import UnitOptions, check_joinable
-from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, logger
+from ._transaction import Binding, Boundary, Hook, PendingRoot, Transaction, live, log_end, logger
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
 __all__ = ["SyncBlock", "end_savepoint", "end_session", "end_sync", "run_hooks"]
@@ -58,7 +58,7 @@ class SyncBlock:
         self.function = function
         self.retried = retried
         self.boundary: Boundary | None = None
-        self.token: Token[Boundary | None] | None = None
+        self.token: Token[Boundary | PendingRoot | None] | None = None
 
     def __enter__(self) -> Boundary | None:
         binding = self.binding

@@ -5,7 +5,9 @@
 - :class:`Transaction` — one session and its outermost transaction, shared by
   every unit joined to it; its :class:`Status` changes only through its methods;
 - :class:`Boundary` — where a transaction can end: the outermost unit, or a
-  SAVEPOINT inside it, with the hooks registered under it.
+  SAVEPOINT inside it, with the hooks registered under it;
+- :class:`PendingRoot` — the root of a unit opened ahead of its first use (a
+  request's): its Transaction and Boundary are made on first use.
 
 Joined units have no object of their own: they mark their boundary
 rollback-only when they fail, and their hooks go to the boundary.
@@ -28,13 +30,13 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, ParamSpec, TypeVar
 import anyio
 import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from ._compat import AsyncEngine, async_sessionmaker
 from ._detect import is_async_callable
 from ._observe import Observation
-from ._options import UnitOptions
+from ._options import Propagation, UnitOptions
 from ._threads import running_asyncio
 from ._timeout import Clock, arm, start_clock
 from .exceptions import (
@@ -52,7 +54,7 @@ from .exceptions import (
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ["Binding", "Boundary", "Hook", "Status", "Transaction", "live", "serial_tx"]
+__all__ = ["Binding", "Boundary", "Hook", "PendingRoot", "Status", "Transaction", "live", "serial_tx"]
 
 logger = logging.getLogger("uow")
 P = ParamSpec("P")
@@ -105,6 +107,12 @@ class Binding:
         # also for a factory bound to a connection (a test's outer transaction)
         dialect = getattr(bind, "dialect", None)
         self.dialect_name: str | None = dialect.name if dialect is not None else None
+        #: True when a read-only unit's READ ONLY goes out with its BEGIN, set on the driver's
+        #: connection (psycopg 3's ``read_only``): no execution options, no connection up front
+        self.read_only_in_begin = self.engine is not None and _psycopg_sync(self.engine)
+        if self.read_only_in_begin:
+            assert self.engine is not None
+            event.listen(self.engine, "checkin", _restore_read_only)
         #: names the database in errors and log records
         self.name: str = name or (
             self.engine.url.render_as_string(hide_password=True) if self.engine is not None else repr(factory)
@@ -113,7 +121,10 @@ class Binding:
         self.retry_backoff = retry_backoff
         #: a direct commit()/rollback() on a unit's session raises instead of warning
         self.strict = strict
-        self.current: ContextVar[Boundary | None] = ContextVar(f"uow_unit_{id(self):x}", default=None)
+        #: the innermost open boundary of each context (a request's root may still be pending)
+        self.current: ContextVar[Boundary | PendingRoot | None] = ContextVar(
+            f"uow_unit_{id(self):x}", default=None
+        )
         #: set by uow.testing: commit hooks are captured here instead of run
         self.hook_sink: list[Hook] | None = None
         #: set by uow.testing: sessions run inside a test's outer transaction
@@ -124,9 +135,16 @@ class Binding:
         """Return True if a unit of this manager is open in the caller's context."""
         return live(self.current.get()) is not None
 
+    def current_boundary(self) -> Boundary | None:
+        """Return the innermost boundary of the caller's context, ended or not (made if pending)."""
+        current = self.current.get()
+        if isinstance(current, PendingRoot):
+            return current.boundary()
+        return current
+
     def current_session(self) -> Any:
         """Return the session of the innermost open unit; raise :class:`NoActiveUnitOfWork`."""
-        boundary = self.current.get()
+        boundary = self.current_boundary()
         if boundary is None:
             raise NoActiveUnitOfWork(NO_UNIT)
         tx = boundary.tx
@@ -243,6 +261,8 @@ class Transaction:
         options: UnitOptions,
         driven_async: bool,
         outer: Transaction | None = None,
+        *,
+        loop_thread: int | None = None,
     ) -> None:
         self.binding = binding
         self.options = options
@@ -253,8 +273,11 @@ class Transaction:
         self.session: Session | AsyncSession | None = None
         #: True when the outermost unit is finished with ``await`` (async def / async with)
         self.driven_async = driven_async
-        #: the thread running the event loop of an async-driven unit (None for a sync one)
-        self.loop_thread = threading.get_ident() if driven_async else None
+        #: the thread running the event loop of an async-driven unit (None for a sync one);
+        #: the caller's thread unless given (a pending root may be made in a worker thread)
+        if loop_thread is None and driven_async:
+            loop_thread = threading.get_ident()
+        self.loop_thread = loop_thread
         #: the transaction this one suspended (REQUIRES_NEW), None for the first of a context
         self.outer = outer
         #: the innermost open boundary: the root, or the last SAVEPOINT begun and not ended
@@ -338,7 +361,11 @@ class Transaction:
         opts: dict[str, Any] = {}
         if options.isolation_level is not None:
             opts["isolation_level"] = options.isolation_level
-        if options.read_only and self.binding.dialect_name == "postgresql":
+        if (
+            options.read_only
+            and self.binding.dialect_name == "postgresql"
+            and not self.binding.read_only_in_begin
+        ):
             opts["postgresql_readonly"] = True
         if opts and self.binding.external_transaction:
             # inside a test's outer transaction the connection is already
@@ -348,7 +375,12 @@ class Transaction:
 
     def read_only_at_database(self) -> bool:
         """Return True if the database itself refuses writes in this transaction (READ ONLY)."""
-        return "postgresql_readonly" in self.start_options()
+        binding = self.binding
+        return (
+            self.options.read_only
+            and binding.dialect_name == "postgresql"
+            and not binding.external_transaction
+        )
 
     def needs_io_to_end(self) -> bool:
         """Return True if ending the session may touch the database."""
@@ -408,8 +440,9 @@ class Transaction:
             return fn(*args, **kwargs)
 
 
-#: the innermost async-driven transaction whose session is sync; run_sync serializes on it
-serial_tx: ContextVar[Transaction | None] = ContextVar("uow_serial_tx", default=None)
+#: the innermost async-driven transaction whose session is sync (or a request's pending root);
+#: run_sync serializes on it
+serial_tx: ContextVar[Transaction | PendingRoot | None] = ContextVar("uow_serial_tx", default=None)
 
 
 class Boundary:
@@ -471,15 +504,90 @@ class Boundary:
         parent.rollback_hooks.extend(self.rollback_hooks)
 
 
-def live(boundary: Boundary | None) -> Boundary | None:
-    """Return *boundary* if it is open, None if there is none or it has ended.
+#: a request root's options: a new transaction of its own, whatever the caller's context holds
+ROOT_OPTIONS = UnitOptions(propagation=Propagation.REQUIRES_NEW)
 
-    A savepoint whose transaction ended under it (the outer unit ended while
-    another task was still inside the savepoint's block) is an error: work
-    there must not slip into a new transaction of its own.
+
+class PendingRoot:
+    """The root of an async-driven unit opened ahead of its first use: a request's.
+
+    A request that never touches uow costs this object only. Its
+    :class:`Transaction` and root :class:`Boundary` are made on first use
+    (``uow.session``, ``provide_session``, ``on_commit``, a nested unit),
+    possibly in a worker thread: the event loop's thread is recorded up front.
     """
-    if boundary is None:
+
+    __slots__ = ("binding", "direct_end_allowed", "loop_thread", "made", "options", "outcome")
+
+    def __init__(
+        self, binding: Binding, direct_end_allowed: bool, options: UnitOptions = ROOT_OPTIONS
+    ) -> None:
+        self.binding = binding
+        #: the root's options: a new transaction of its own, whatever the caller's context holds
+        self.options = options
+        #: True where the code ends the transaction itself (the middleware's manual mode)
+        self.direct_end_allowed = direct_end_allowed
+        self.loop_thread = threading.get_ident()
+        #: the root boundary, once made
+        self.made: Boundary | None = None
+        #: the outcome the end chose (True: commit), None while the unit is open
+        self.outcome: bool | None = None
+
+    def boundary(self) -> Boundary:
+        """Return the root boundary, making it (and its transaction) on first use.
+
+        Made after :meth:`end_unmade` (a worker thread that outlived the end),
+        it is a transaction that already ended that way.
+        """
+        made = self.made
+        if made is None:
+            with _create_lock:
+                made = self.made
+                if made is None:
+                    tx = Transaction(
+                        self.binding, self.options, driven_async=True, loop_thread=self.loop_thread
+                    )
+                    tx.direct_end_allowed = self.direct_end_allowed
+                    made = self.made = Boundary(tx)
+                    # after publishing it: an end that did not see it has set the outcome by now
+                    if self.outcome is not None:
+                        tx.finish(self.outcome)
+        return made
+
+    def end_unmade(self, commit: bool) -> bool:
+        """Begin the end, choosing *commit*; return True if the root was never made (nothing to do).
+
+        No lock on this path, which every request takes: the outcome is set
+        before ``made`` is read, and :meth:`boundary` sets ``made`` before it
+        reads the outcome, so a root made meanwhile is either seen here or
+        finished there. (:meth:`made_open` settles which, under the lock.)
+        """
+        self.outcome = commit
+        return self.made is None
+
+    def made_open(self) -> Boundary | None:
+        """After :meth:`end_unmade` returned False: the root if it is still to be ended, else None."""
+        with _create_lock:
+            made = self.made
+            assert made is not None
+            return None if made.tx.closed else made
+
+
+def live(current: Boundary | PendingRoot | None) -> Boundary | None:
+    """Return the boundary *current* stands for if it is open, None if there is none or it ended.
+
+    A pending root is made here (the caller is about to use it). A savepoint
+    whose transaction ended under it (the outer unit ended while another task
+    was still inside the savepoint's block) is an error: work there must not
+    slip into a new transaction of its own.
+    """
+    if current is None:
         return None
+    if isinstance(current, PendingRoot):
+        if current.made is None and current.outcome is not None:
+            return None
+        current = current.boundary()
+    boundary = current
     if boundary.tx.ended:
         if boundary.parent is not None:
             raise SessionEnded(ENDED)
@@ -532,6 +640,8 @@ def _check_use(session: Session) -> None:
     if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
         raise BlockingSessionUse(_BLOCKING)
     boundary = tx.binding.current.get()
+    if isinstance(boundary, PendingRoot):
+        boundary = boundary.made  # a root not made yet is not this session's
     if boundary is not None and boundary.tx is tx:
         tx.check_boundary(boundary)
 
@@ -567,15 +677,62 @@ def _after_transaction_create(session: Session, transaction: SessionTransaction)
             raise SessionEnded(ENDED)
 
 
-def _after_begin(session: Session, _transaction: Any, connection: Any) -> None:
+def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
     tx = session.info.get(TX_KEY)
     if tx is not None:
         tx.mark_connected()  # the unit's end gives the connection back, also after the errors below
         if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
             raise BlockingSessionUse(_BLOCKING)
-        if tx.clock is not None and not tx.binding.external_transaction:
+        binding = tx.binding
+        # read-write units stop at the first test; a test's outer transaction cannot change
+        # (before any statement of uow's own: READ ONLY goes out with the BEGIN)
+        if (
+            tx.options.read_only
+            and binding.read_only_in_begin
+            and not binding.external_transaction
+            and transaction.parent is None
+        ):
+            _begin_read_only(connection)
+        if tx.clock is not None and not binding.external_transaction:
             # (inside a test's outer transaction the connection outlives the unit: not bounded)
-            arm(tx.clock, connection, tx.binding.dialect_name)
+            arm(tx.clock, connection, binding.dialect_name)
+
+
+# --- READ ONLY with the BEGIN, on psycopg 3: set on the driver's connection, restored at checkin --
+
+#: the key of the pool's connection info holding the driver's read_only to restore at checkin
+_READ_ONLY_KEY = "uow.read_only_before"
+
+
+def _psycopg_sync(engine: Engine) -> bool:
+    dialect = engine.dialect
+    return dialect.name == "postgresql" and dialect.driver == "psycopg" and not dialect.is_async
+
+
+def _begin_read_only(connection: Connection) -> None:
+    """Make the transaction about to begin READ ONLY: psycopg sends ``BEGIN READ ONLY`` (no extra trip).
+
+    Called when the session has taken the connection and before its first
+    statement (psycopg begins a transaction with the first statement).
+    """
+    pooled = connection.connection
+    driver = pooled.driver_connection
+    pooled.info[_READ_ONLY_KEY] = driver.read_only  # type: ignore[union-attr]
+    driver.read_only = True  # type: ignore[union-attr]
+
+
+def _restore_read_only(dbapi_connection: Any, record: Any) -> None:
+    """On checkin (the transaction is over): give the connection back with its own read_only."""
+    info = record.info
+    if _READ_ONLY_KEY not in info:
+        return
+    previous = info.pop(_READ_ONLY_KEY)
+    if dbapi_connection is None:
+        return
+    try:
+        dbapi_connection.read_only = previous
+    except Exception as e:  # a connection that cannot say it is read-write again is not reused
+        record.invalidate(e)
 
 
 def _direct_end(session: Session, call: str) -> None:

@@ -59,7 +59,7 @@ class SessionProxy:
         manager = self._get_manager()
         session = manager.current_session()
         if name not in _NO_IO and isinstance(session, Session):
-            unit = manager.current.get()
+            unit = manager.current_boundary()
             if unit is not None and unit.tx.loop_thread == threading.get_ident():
                 raise BlockingSessionUse(
                     f"uow.session.{name} was used on the event loop thread, but the "
@@ -72,7 +72,7 @@ class SessionProxy:
     def __getattr__(self, name: str) -> Any:
         manager = self._get_manager()
         attr = getattr(self._session(name), name)
-        unit = manager.current.get()
+        unit = manager.current_boundary()
         if unit is not None and unit.tx.loop_thread is not None and not manager.is_async and callable(attr):
             # a worker thread (run_in_threadpool, asyncio.to_thread) of an async unit: each
             # call holds the transaction's thread lock, so threads use the session one at a time

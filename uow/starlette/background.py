@@ -12,7 +12,7 @@ from .._async import AsyncBlock
 from .._default import get_manager
 from .._options import Propagation, UnitOptions
 from .._sync import SyncBlock
-from .._transaction import Transaction
+from .._transaction import PendingRoot, Transaction
 from ..exceptions import InvalidOptionError, NotConfiguredError
 from ..manager import UnitOfWorkManager
 
@@ -73,7 +73,8 @@ class BackgroundTask(StarletteBackgroundTask):
         if not self.should_run():
             return
         manager = self.manager or get_manager()
-        request = manager.current.get()
+        current = manager.current.get()
+        request = current.made if isinstance(current, PendingRoot) else current  # (not made: not traced)
         if request is not None and request.tx.ended and request.observation is not None:
             # traced: the task's unit is the request's child, not the ended unit's
             with request.observation.outside():
@@ -95,7 +96,7 @@ class BackgroundTask(StarletteBackgroundTask):
 
 def _first_transaction(manager: UnitOfWorkManager) -> Transaction | None:
     """Return the request's transaction: the first of the context, under any REQUIRES_NEW ones."""
-    boundary = manager.current.get()
+    boundary = manager.current_boundary()
     if boundary is None:
         return None
     tx = boundary.tx

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from threading import get_ident
 from typing import Literal
 
 import anyio
@@ -12,9 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _observe, _registry
 from .._async import end_async
-from .._options import Propagation, UnitOptions, make_options
+from .._options import Propagation, make_options
 from .._timeout import start_clock
-from .._transaction import Binding, Boundary, Transaction, serial_tx
+from .._transaction import Binding, Boundary, PendingRoot, serial_tx
 from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit, UnitTimeout
 from ..manager import UnitOfWorkManager
 
@@ -89,6 +90,8 @@ class UnitOfWorkMiddleware:
         self.commit_statuses = frozenset(
             s for s in range(100, 600) if (s in _MODES[commit_mode] or s in commit) and s not in rollback
         )
+        self.manual = commit_mode == "manual"
+        self.timed = timeout is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,25 +105,26 @@ class UnitOfWorkMiddleware:
             # database is answered; uow.session raises NotConfiguredError in one that does
             await self.app(scope, receive, send)
             return
-        request = _Request(
-            manager, self.options, scope, receive, send, self.commit_statuses, self.commit_mode
-        )
-        token = manager.current.set(request.unit)
-        serial = None if manager.is_async else serial_tx.set(request.tx)
+        request = _Request(manager, self, scope, receive, send)
         observer = _observe.observer
         observation = None
-        if observer is not None:
-            observation = request.unit.observation = observer.start(
-                options=self.options,
-                savepoint=False,
-                db_system=manager.dialect_name,
-                function=None,
-                attempt=0,
-                retried=None,
-            )
+        if observer is not None or self.timed or logger.isEnabledFor(logging.DEBUG):
+            # made now, so that its DEBUG record, its span and its budget time the whole request
+            unit = request.boundary()
+            if observer is not None:
+                observation = unit.observation = observer.start(
+                    options=self.options,
+                    savepoint=False,
+                    db_system=manager.dialect_name,
+                    function=None,
+                    attempt=0,
+                    retried=None,
+                )
+        token = manager.current.set(request)
+        serial = None if manager.is_async else serial_tx.set(request)
         try:
             await self.app(scope, request.receive, request.send)
-            if not request.tx.ended:
+            if request.outcome is None:
                 await request.end(None)  # the app never started a response: roll back
         except BaseException as exc:
             try:
@@ -165,42 +169,26 @@ class UnitOfWorkMiddleware:
 _COMMITTED = "uow.committed"
 
 
-class _Request:
-    """One request's unit, and the receive/send wrappers that end it in time."""
+class _Request(PendingRoot):
+    """One request's unit (made on first use), and the receive/send wrappers that end it in time."""
 
-    __slots__ = (
-        "_receive",
-        "_send",
-        "commit_mode",
-        "commit_statuses",
-        "disconnected",
-        "options",
-        "scope",
-        "started",
-        "tx",
-        "unit",
-    )
+    __slots__ = ("_receive", "_send", "commit_mode", "commit_statuses", "disconnected", "scope", "started")
 
     def __init__(
-        self,
-        manager: Binding,
-        options: UnitOptions,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        commit_statuses: frozenset[int],
-        commit_mode: CommitMode,
+        self, manager: Binding, middleware: UnitOfWorkMiddleware, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        self.options = options
-        self.tx = Transaction(manager, options, driven_async=True)
-        if commit_mode == "manual":
-            self.tx.direct_end_allowed = True  # the app commits itself
-        self.unit = Boundary(self.tx)
+        # PendingRoot's fields, set here (one call less per request)
+        self.binding = manager
+        self.options = middleware.options
+        self.direct_end_allowed = middleware.manual  # in manual mode the app commits itself
+        self.loop_thread = get_ident()
+        self.made = None
+        self.outcome = None
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.commit_statuses = commit_statuses
-        self.commit_mode = commit_mode
+        self.commit_statuses = middleware.commit_statuses
+        self.commit_mode = middleware.commit_mode
         #: set when the app has been told, through :meth:`receive`, that the client is gone
         self.disconnected = False
         #: set once ``http.response.start`` went on to the server
@@ -214,40 +202,40 @@ class _Request:
         return message
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            tx = self.tx
-            if not tx.ended:
-                # a client the app has seen leave learns nothing of a commit: roll back
-                commit = message["status"] in self.commit_statuses and not self.disconnected
-                observation = self.unit.observation
-                if tx.session is None and self.unit.is_bare():
-                    tx.finish(commit)  # the request never used the database: no I/O to do
-                    if observation is not None:
-                        observation.end(commit, None if commit else "request", None)
-                        observation.decided(self.commit_mode, message["status"], commit, commit)
-                else:
-                    try:
-                        forwarded = await self._end_before(message, commit)
-                    finally:
+        if message["type"] == "http.response.start" and self.outcome is None:
+            # a client the app has seen leave learns nothing of a commit: roll back
+            commit = message["status"] in self.commit_statuses and not self.disconnected
+            if not self.end_unmade(commit):  # else: the request never used uow, no I/O to do
+                unit = self.made_open()
+                if unit is not None:  # (else made in a thread just now, and ended there)
+                    observation = unit.observation
+                    if unit.tx.session is None and unit.is_bare():
+                        unit.tx.finish(commit)  # made, but the database was never used: no I/O either
                         if observation is not None:
-                            observation.decided(
-                                self.commit_mode, message["status"], commit, tx.committed is True
-                            )
-                    if forwarded:
-                        self.started = True
-                        return
+                            observation.end(commit, None if commit else "request", None)
+                            observation.decided(self.commit_mode, message["status"], commit, commit)
+                    else:
+                        try:
+                            forwarded = await self._end_before(unit, message, commit)
+                        finally:
+                            if observation is not None:
+                                observation.decided(
+                                    self.commit_mode, message["status"], commit, unit.tx.committed is True
+                                )
+                        if forwarded:
+                            self.started = True
+                            return
             self.started = True
-        observation = self.unit.observation
-        if observation is not None and self.tx.ended:
-            with observation.outside():  # the response is the request's, not the ended unit's
+        made = self.made
+        if made is not None and made.observation is not None and made.tx.ended:
+            with made.observation.outside():  # the response is the request's, not the ended unit's
                 await self._send(message)
             return
         await self._send(message)
 
-    async def _end_before(self, start: Message, commit: bool) -> bool:
+    async def _end_before(self, unit: Boundary, start: Message, commit: bool) -> bool:
         """End the unit, committing if *commit*; return True if *start* was forwarded meanwhile."""
-        unit = self.unit
-        tx = self.tx
+        tx = unit.tx
         try:
             error = await end_async(unit, self.options, None, rollback=not commit)
         except BaseException:
@@ -277,7 +265,7 @@ class _Request:
         kept = tuple(self.scope.get(_COMMITTED, ()))
         if not kept:
             return error
-        failed = self.unit.tx.binding.name
+        failed = self.binding.name
         logger.error(
             "uow: the request's COMMIT on %s failed after %s committed its part: partial commit",
             failed,
@@ -297,13 +285,16 @@ class _Request:
 
     async def end(self, exc: BaseException | None) -> None:
         """End the unit if the response never started (an exception, or no response)."""
-        if self.tx.ended:
+        if self.outcome is not None or self.end_unmade(False):
+            return
+        unit = self.made_open()
+        if unit is None:
             return
         try:
-            error = await end_async(self.unit, self.options, exc, rollback=exc is None)
+            error = await end_async(unit, self.options, exc, rollback=exc is None)
         finally:
-            if self.unit.observation is not None:
-                self.unit.observation.decided(self.commit_mode, None, False, False)
+            if unit.observation is not None:
+                unit.observation.decided(self.commit_mode, None, False, False)
         if error is not None:
             raise self._failed(error) from exc
 
