@@ -261,3 +261,20 @@ async def test_read_only_on_one_pooled_postgresql_connection_then_read_write_aga
         assert sorted(names(engine)) == ["async 0", "async 1", "sync 0", "sync 1"]
     finally:
         engine.dispose()
+
+
+def test_read_only_with_a_timeout_is_read_only_and_bounded_on_postgresql(tmp_path: Path) -> None:
+    """The budget's SET LOCAL comes after READ ONLY went out with the BEGIN: both hold."""
+    engine = make_engine("postgresql", tmp_path, pool_size=1, max_overflow=0)
+    manager = uow.UnitOfWorkManager(engine)
+    try:
+        with manager.unit_of_work(read_only=True, timeout=5):
+            session = manager.current_session()
+            assert session.scalar(text("SHOW transaction_read_only")) == "on"
+            assert session.scalar(text("SHOW statement_timeout")) != "0"
+        with manager.unit_of_work():
+            session = manager.current_session()
+            assert session.scalar(text("SHOW transaction_read_only")) == "off"
+            assert session.scalar(text("SHOW statement_timeout")) == "0"
+    finally:
+        engine.dispose()
