@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import _registry
 from .._async import end_async
 from .._options import Propagation, UnitOptions
+from .._replicas import Causal, choose_async, enter_causal, leave_causal
 from .._transaction import Binding, Boundary, Transaction, serial_tx
 from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit
 from ..manager import UnitOfWorkManager
@@ -26,6 +27,7 @@ _MODES: dict[str, range] = {
     "autocommit_include_redirect": range(200, 400),
 }
 _REQUEST_OPTIONS = UnitOptions(propagation=Propagation.REQUIRES_NEW)
+_READ_ONLY_REQUEST = UnitOptions(propagation=Propagation.REQUIRES_NEW, read_only=True)
 logger = logging.getLogger("uow")
 
 
@@ -51,6 +53,12 @@ class UnitOfWorkMiddleware:
     a streaming body, say) raises ``NoActiveUnitOfWork`` — open a unit of
     your own there. Without *manager*, the default one from
     ``uow.configure`` is used.
+
+    Requests whose method is in *read_only_methods* (say ``{"GET", "HEAD"}``;
+    none by default) get a read-only unit: on a manager with replicas it runs
+    on a replica. With *causal_cookie* (a cookie name) a request that
+    committed a write sets that cookie to its causal token, and a request
+    that brings it back reads its own writes (see ``uow.replicas``).
     """
 
     def __init__(
@@ -61,6 +69,8 @@ class UnitOfWorkMiddleware:
         commit_mode: CommitMode = "autocommit",
         extra_commit_statuses: Iterable[int] = (),
         extra_rollback_statuses: Iterable[int] = (),
+        read_only_methods: Iterable[str] = (),
+        causal_cookie: str | None = None,
     ) -> None:
         if commit_mode not in _MODES:
             raise InvalidOptionError(f"commit_mode={commit_mode!r} is not one of {sorted(_MODES)}")
@@ -75,8 +85,20 @@ class UnitOfWorkMiddleware:
                 f"statuses {sorted(commit & rollback)} are in both extra_commit_statuses "
                 "and extra_rollback_statuses; put each status in one of them"
             )
+        if isinstance(read_only_methods, str):
+            raise InvalidOptionError(
+                f"read_only_methods={read_only_methods!r} must be a collection of "
+                "methods, such as {'GET', 'HEAD'}"
+            )
+        cookie_ok = causal_cookie is None or (isinstance(causal_cookie, str) and causal_cookie.isidentifier())
+        if not cookie_ok:
+            raise InvalidOptionError(
+                f"causal_cookie={causal_cookie!r} must be a cookie name such as 'uow_causal'"
+            )
         self.app = app
         self.manager = manager
+        self.read_only_methods = frozenset(m.upper() for m in read_only_methods)
+        self.causal_cookie = causal_cookie
         self.commit_mode = commit_mode
         self.commit_statuses = frozenset(
             s for s in range(100, 600) if (s in _MODES[commit_mode] or s in commit) and s not in rollback
@@ -94,7 +116,18 @@ class UnitOfWorkMiddleware:
             # database is answered; uow.session raises NotConfiguredError in one that does
             await self.app(scope, receive, send)
             return
-        request = _Request(manager, scope, receive, send, self.commit_statuses, self.commit_mode == "manual")
+        read_only = scope["method"] in self.read_only_methods
+        request = _Request(
+            manager, scope, receive, send, self.commit_statuses, self.commit_mode == "manual", read_only
+        )
+        router = manager.router
+        causal = None
+        if router is not None:
+            # this request's causal position, shared with its threads and tasks
+            request.causal, causal = enter_causal(_cookie(scope, self.causal_cookie))
+            request.cookie = self.causal_cookie
+            if read_only:
+                request.tx.replica = await choose_async(router, manager.name)
         token = manager.current.set(request.unit)
         serial = None if manager.is_async else serial_tx.set(request.tx)
         try:
@@ -108,6 +141,8 @@ class UnitOfWorkMiddleware:
             if serial is not None:
                 serial_tx.reset(serial)
             manager.current.reset(token)
+            if causal is not None:
+                leave_causal(causal)
 
     def _failing_startup_without_a_manager(self, send: Send) -> Send:
         """Turn the app's ``lifespan.startup.complete`` into a failure if no manager is configured.
@@ -140,7 +175,17 @@ _COMMITTED = "uow.committed"
 class _Request:
     """One request's unit, and the receive/send wrappers that end it in time."""
 
-    __slots__ = ("_receive", "_send", "commit_statuses", "disconnected", "scope", "tx", "unit")
+    __slots__ = (
+        "_receive",
+        "_send",
+        "causal",
+        "commit_statuses",
+        "cookie",
+        "disconnected",
+        "scope",
+        "tx",
+        "unit",
+    )
 
     def __init__(
         self,
@@ -150,8 +195,10 @@ class _Request:
         send: Send,
         commit_statuses: frozenset[int],
         manual: bool,
+        read_only: bool = False,
     ) -> None:
-        self.tx = Transaction(manager, _REQUEST_OPTIONS, driven_async=True)
+        options = _READ_ONLY_REQUEST if read_only else _REQUEST_OPTIONS
+        self.tx = Transaction(manager, options, driven_async=True, lazy=True)
         if manual:
             self.tx.direct_end_allowed = True  # the app commits itself
         self.unit = Boundary(self.tx)
@@ -161,6 +208,9 @@ class _Request:
         self.commit_statuses = commit_statuses
         #: set when the app has been told, through :meth:`receive`, that the client is gone
         self.disconnected = False
+        #: the request's causal position (a manager with replicas), and the cookie that carries it
+        self.causal: Causal | None = None
+        self.cookie: str | None = None
 
     async def receive(self) -> Message:
         """The server's ``receive``, noting a disconnect on the way; uow never calls it by itself."""
@@ -179,6 +229,9 @@ class _Request:
                     tx.finish(commit)  # the request never used the database: no I/O to do
                 elif await self._end_before(message, commit):
                     return  # forwarded already
+            causal = self.causal
+            if self.cookie is not None and causal is not None and causal.changed:
+                message = _with_cookie(message, self.cookie, causal.token())
         await self._send(message)
 
     async def _end_before(self, start: Message, commit: bool) -> bool:
@@ -186,7 +239,7 @@ class _Request:
         unit = self.unit
         tx = self.tx
         try:
-            error = await end_async(unit, _REQUEST_OPTIONS, None, rollback=not commit)
+            error = await end_async(unit, tx.options, None, rollback=not commit)
         except BaseException:
             if tx.committed:
                 # cancelled while a COMMIT ran to its end: the client learns of the commit
@@ -236,7 +289,7 @@ class _Request:
         """End the unit if the response never started (an exception, or no response)."""
         if self.tx.ended:
             return
-        error = await end_async(self.unit, _REQUEST_OPTIONS, exc, rollback=exc is None)
+        error = await end_async(self.unit, self.tx.options, exc, rollback=exc is None)
         if error is not None:
             raise self._failed(error) from exc
 
@@ -259,3 +312,26 @@ def _statuses(name: str, values: Iterable[int]) -> frozenset[int]:
     if bad:
         raise InvalidOptionError(f"{name} has {bad!r}, which are not HTTP status codes (100-599)")
     return statuses
+
+
+#: how long a causal cookie lives: a position older than this has long been replayed
+_COOKIE_MAX_AGE = 600
+
+
+def _cookie(scope: Scope, name: str | None) -> str | None:
+    """Return the value of cookie *name* of the request, if it sent one."""
+    if name is None:
+        return None
+    for key, value in scope["headers"]:
+        if key == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                k, _, v = part.strip().partition("=")
+                if k == name:
+                    return str(v)
+    return None
+
+
+def _with_cookie(start: Message, name: str, token: str | None) -> Message:
+    """Return *start* with a ``Set-Cookie`` header that carries *token*."""
+    cookie = f"{name}={token}; Path=/; Max-Age={_COOKIE_MAX_AGE}; HttpOnly; SameSite=Lax"
+    return {**start, "headers": [*start.get("headers", ()), (b"set-cookie", cookie.encode("latin-1"))]}
