@@ -1,0 +1,80 @@
+"""Replicas on SQLite (and any database without WAL positions): accepted, with the time window only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, insert, select
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import uow
+from tests.conftest import Base, Item
+from uow.replicas import Routing, served_by
+
+
+@pytest.fixture
+def engines(tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
+    """A primary file and a "replica" file that holds a row of its own, to tell them apart."""
+    made = []
+    for name in ("primary", "replica"):
+        engine = create_engine(f"sqlite:///{tmp_path / name}.db")
+        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(Item).values(name=f"on {name}"))
+        made.append(engine)
+    yield made[0], made[1]
+    for engine in made:
+        engine.dispose()
+
+
+def where() -> str:
+    return str(uow.session.scalar(select(Item.name).where(Item.name.like("on %"))))
+
+
+def test_read_only_units_run_on_the_replica(engines: tuple[Engine, Engine]) -> None:
+    manager = uow.configure(engines[0], replicas=[engines[1]], routing=Routing(read_your_writes="off"))
+    with uow.unit_of_work(read_only=True):
+        assert where() == "on replica"
+        assert served_by(manager).endswith("replica.db")
+    with uow.unit_of_work():
+        assert where() == "on primary"
+    with uow.unit_of_work(read_only=True), pytest.raises(uow.ReadOnlyViolation):
+        uow.session.execute(insert(Item).values(name="no"))
+
+
+def test_the_time_window_is_the_default_and_the_only_mode(engines: tuple[Engine, Engine]) -> None:
+    manager = uow.configure(engines[0], replicas=[engines[1]], routing=Routing(window=0.3))
+    assert manager.router is not None and manager.router.mode == "window"
+    with uow.unit_of_work() as session:
+        session.add(Item(name="mine"))
+    with uow.unit_of_work(read_only=True) as session:  # within the window: the primary
+        assert session.scalar(select(Item.name).where(Item.name == "mine")) == "mine"
+    time.sleep(0.35)
+    with uow.unit_of_work(read_only=True):
+        assert where() == "on replica"
+    with pytest.raises(uow.InvalidOptionError, match="needs PostgreSQL"):
+        uow.UnitOfWorkManager(engines[0], replicas=[engines[1]], routing=Routing(read_your_writes="lsn"))
+
+
+def test_a_manager_without_replicas_has_no_router(engines: tuple[Engine, Engine]) -> None:
+    assert uow.UnitOfWorkManager(engines[0]).router is None
+
+
+@pytest.mark.anyio
+async def test_async_replicas_of_an_async_primary(engines: tuple[Engine, Engine]) -> None:
+    urls = [str(e.url).replace("sqlite://", "sqlite+aiosqlite://") for e in engines]
+    primary, replica = (create_async_engine(url) for url in urls)
+    try:
+        uow.configure(primary, replicas=[replica], routing=Routing(window=60.0))
+        async with uow.unit_of_work(read_only=True) as session:
+            assert await session.scalar(select(Item.name).where(Item.name.like("on %"))) == "on replica"
+        async with uow.unit_of_work() as session:
+            session.add(Item(name="mine"))
+        async with uow.unit_of_work(read_only=True) as session:  # the window: the primary
+            assert await session.scalar(select(Item.name).where(Item.name.like("on %"))) == "on primary"
+    finally:
+        await primary.dispose()
+        await replica.dispose()
