@@ -102,10 +102,14 @@ class Routing:
                 raise InvalidOptionError(f"{name}={value!r} must be a number of seconds, 0 or more")
 
 
+def _autocommit(engine: Engine | AsyncEngine) -> Engine | AsyncEngine:
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
+
+
 class Replica:
     """One replica: its session factory, and what the last probe found."""
 
-    __slots__ = ("checked_at", "down_until", "engine", "factory", "lag", "name", "replayed")
+    __slots__ = ("checked_at", "down_until", "engine", "factory", "lag", "name", "probe_engine", "replayed")
 
     def __init__(self, factory: sessionmaker[Any] | async_sessionmaker[Any], name: str | None) -> None:
         self.factory = factory
@@ -116,6 +120,8 @@ class Replica:
                 "AsyncEngine, or a session factory made with bind=<engine>"
             )
         self.engine: Engine | AsyncEngine = engine
+        #: the engine's pool, without a transaction: a probe is one query, one round trip
+        self.probe_engine: Engine | AsyncEngine = _autocommit(engine)
         sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
         self.name: str = name or sync.url.render_as_string(hide_password=True)
         #: monotonic time until which the replica is skipped (it refused a connection)
@@ -134,7 +140,9 @@ class Replica:
 class Router:
     """The replicas of a manager, in round-robin order, and the routing options."""
 
-    def __init__(self, replicas: list[Replica], routing: Routing, dialect: str | None) -> None:
+    def __init__(
+        self, replicas: list[Replica], routing: Routing, dialect: str | None, primary: object = None
+    ) -> None:
         self.replicas = replicas
         self.routing = routing
         self.probes = dialect == "postgresql"
@@ -146,6 +154,10 @@ class Router:
                 "after a write)"
             )
         self.mode: ReadYourWrites = mode
+        #: where a write's WAL position is read: the primary's pool, without a transaction
+        self.positions: Engine | AsyncEngine | None = (
+            _autocommit(primary) if mode == "lsn" and isinstance(primary, (Engine, AsyncEngine)) else None
+        )
         self._turn = itertools.count()
         self._lock = threading.Lock()
 
@@ -327,7 +339,7 @@ def is_disconnect(exc: BaseException) -> bool:
 
 
 def _probe_sync(router: Router, replica: Replica) -> bool:
-    engine = replica.engine
+    engine = replica.probe_engine
     assert isinstance(engine, Engine)
     try:
         with engine.connect() as connection:
@@ -341,7 +353,7 @@ def _probe_sync(router: Router, replica: Replica) -> bool:
 
 
 async def _probe_async(router: Router, replica: Replica) -> bool:
-    engine = replica.engine
+    engine = replica.probe_engine
     if isinstance(engine, Engine):
         return await anyio.to_thread.run_sync(_probe_sync, router, replica)
     try:
@@ -402,11 +414,12 @@ def _window(router: Router) -> float:
     return time.time() + router.routing.window
 
 
-def record_sync(router: Router, name: str, engine: Engine | None) -> None:
+def record_sync(router: Router, name: str) -> None:
     """Remember, in the caller's context, that a unit just committed on the primary *name*."""
     if router.mode == "off":
         return
-    if router.mode == "window" or engine is None:
+    engine = router.positions
+    if not isinstance(engine, Engine):
         note_write(name, None, _window(router))
         return
     try:
@@ -416,11 +429,12 @@ def record_sync(router: Router, name: str, engine: Engine | None) -> None:
         note_write(name, None, _window(router))
 
 
-async def record_async(router: Router, name: str, engine: Engine | AsyncEngine | None) -> None:
+async def record_async(router: Router, name: str) -> None:
     """The async form of :func:`record_sync` (shielded: the commit already happened)."""
     if router.mode == "off":
         return
-    if router.mode == "window" or engine is None:
+    engine = router.positions
+    if engine is None:
         note_write(name, None, _window(router))
         return
     with anyio.CancelScope(shield=True):

@@ -154,7 +154,7 @@ def end_sync(
         tx.finish(result.committed)
         router = tx.binding.router
         if router is not None and result.committed and tx.connected and not tx.options.read_only:
-            record_sync(router, tx.binding.name, tx.binding.engine)
+            record_sync(router, tx.binding.name)
     if boundary.started:
         log_end(boundary, result.committed, savepoint)
     if savepoint and result.committed:

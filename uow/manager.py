@@ -193,7 +193,7 @@ def _router(
                 f"replica {replica.name} is not a {dialect} database like the primary; "
                 "a replica is a copy of the primary"
             )
-    return Router(replicas, routing or Routing(), dialect)
+    return Router(replicas, routing or Routing(), dialect, primary.kw.get("bind"))
 
 
 def _dialect(factory: sessionmaker[Any] | async_sessionmaker[Any]) -> str | None:
