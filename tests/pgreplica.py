@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.pgcluster import Cluster
+from tests.pgcluster import Cluster, _bin_dir
 
-__all__ = ["Pair", "ReplicaCluster"]
+__all__ = ["Pair", "ReplicaCluster", "can_replicate"]
 
 PRIMARY_SETTINGS = (
     "wal_level = replica",
@@ -22,6 +22,12 @@ PRIMARY_SETTINGS = (
     # a replica that waits for replay never cancels its own readers' queries
     "max_standby_streaming_delay = -1",
 )
+
+
+def can_replicate() -> bool:
+    """Return True if PostgreSQL's server programs include pg_basebackup."""
+    bindir = _bin_dir()
+    return bindir is not None and (bindir / "pg_basebackup").exists()
 
 
 class ReplicaCluster(Cluster):

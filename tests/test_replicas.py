@@ -25,37 +25,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import uow
-from tests import pgcluster
-from tests.conftest import REQUIRE_PG, Base, Item, async_pg_url
-from tests.examples import Load, example_loader
+from tests.conftest import Base, Item, async_pg_url
 from tests.pgreplica import Pair
 from uow.replicas import Routing, causal_token, served_by, use_token
 from uow.starlette import UnitOfWorkMiddleware
 
 
-def _can_replicate() -> bool:
-    return pgcluster.available() and (pgcluster._bin_dir() / "pg_basebackup").exists()  # type: ignore[operator]
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
-    if not _can_replicate():
-        if REQUIRE_PG:
-            pytest.fail("UOW_REQUIRE_POSTGRES=1 but pg_basebackup is not installed")
-        pytest.skip("install PostgreSQL (with pg_basebackup) to run the replica cases")
-    pair = Pair().start()
-    try:
-        engine = create_engine(pair.primary.url)
-        Base.metadata.create_all(engine)
-        engine.dispose()
-        yield pair
-    finally:
-        pair.stop()
+@pytest.fixture
+def pair(replica_pair: Pair) -> Pair:
+    return replica_pair
 
 
 @pytest.fixture
 def primary(pair: Pair) -> Iterator[Engine]:
     engine = create_engine(pair.primary.url)
+    Base.metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(text("DELETE FROM items"))
     pair.replica.catch_up()
@@ -414,25 +398,3 @@ async def test_two_thousand_requests_with_lag_read_their_own_writes(
     assert statuses == {201: 1000, 200: 1000}  # no stale read (404), no failure
     # both paths were taken: the replica when it had replayed, the primary when it lagged
     assert served[True] > 0 and served[False] > 0, served
-
-
-# --- the docs' PostgreSQL example ----------------------------------------------------------------
-
-load_example = example_loader("replicas")
-
-
-def test_the_postgres_example_reads_its_write_through_the_token(
-    pair: Pair, primary: Engine, load_example: Load, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PRIMARY_URL", pair.primary.url)
-    monkeypatch.setenv("REPLICA_URL", pair.replica.url)
-    module = load_example("postgres.py")
-    pair.replica.pause_replay()
-    try:
-        token = module.write()
-        assert token is not None
-        assert module.read_later(token) == 1  # the replica lags: the primary answered
-    finally:
-        pair.replica.resume_replay()
-        with primary.begin() as conn:
-            conn.execute(text("DROP TABLE notes"))

@@ -6,13 +6,20 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import Engine, create_engine, insert, select
 from sqlalchemy.ext.asyncio import create_async_engine
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 import uow
 from tests.conftest import Base, Item
 from uow.replicas import Routing, served_by
+from uow.starlette import UnitOfWorkMiddleware
 
 
 @pytest.fixture
@@ -78,3 +85,31 @@ async def test_async_replicas_of_an_async_primary(engines: tuple[Engine, Engine]
     finally:
         await primary.dispose()
         await replica.dispose()
+
+
+@pytest.mark.anyio
+async def test_read_only_methods_without_replicas_refuse_writes(engines: tuple[Engine, Engine]) -> None:
+    manager = uow.UnitOfWorkManager(engines[0])
+
+    def write(request: Request) -> JSONResponse:
+        manager.session.add(Item(name=request.method))
+        manager.session.flush()
+        return JSONResponse({}, status_code=200)
+
+    app = Starlette(
+        routes=[Route("/", write, methods=["GET", "POST"])],
+        middleware=[Middleware(UnitOfWorkMiddleware, manager=manager, read_only_methods={"GET"})],
+    )
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        assert (await client.get("/")).status_code == 500  # ReadOnlyViolation
+        assert (await client.post("/")).status_code == 200
+    with engines[0].connect() as conn:
+        assert sorted(conn.scalars(select(Item.name))) == ["POST", "on primary"]
+
+
+def test_middleware_options_are_checked() -> None:
+    with pytest.raises(uow.InvalidOptionError, match="collection of methods"):
+        UnitOfWorkMiddleware(Starlette(), read_only_methods="GET")
+    with pytest.raises(uow.InvalidOptionError, match="cookie name"):
+        UnitOfWorkMiddleware(Starlette(), causal_cookie="no good")

@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ._default import get_manager
 from ._replicas import Routing as Routing
 from ._replicas import current
 from ._replicas import use_token as _use_token
-from ._transaction import Binding, live
+from ._transaction import live
+from .manager import UnitOfWorkManager
 
 __all__ = ["Routing", "causal_token", "served_by", "use_token"]
 
@@ -45,11 +47,14 @@ def use_token(token: str | None) -> Iterator[None]:
         yield
 
 
-def served_by(manager: Binding) -> str:
-    """Return the name of the database serving *manager*'s current unit (a replica's or the primary's).
+def served_by(manager: UnitOfWorkManager | None = None) -> str:
+    """Return the name of the database serving the current unit: a replica's, or the primary's.
 
-    Raises :class:`uow.NoActiveUnitOfWork` outside a unit.
+    *manager* defaults to the one ``uow.configure`` set. Raises
+    :class:`uow.NoActiveUnitOfWork` outside a unit.
     """
+    if manager is None:
+        manager = get_manager()
     manager.current_session()  # raises the usual error outside a unit
     boundary = live(manager.current.get())
     assert boundary is not None
