@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 from typing import Any
@@ -105,21 +106,29 @@ def unit_costs(pair: Pair, calls: int, rounds: int) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in out.items()}
 
 
+def run(pair: Pair, seconds: float, rounds: int, calls: int) -> dict[str, Any]:
+    """Run both parts on a started *pair*; return the results."""
+    apps.prepare(pair.primary.url).dispose()
+    pair.replica.catch_up()
+    return {
+        "wrk": throughput(pair, seconds, rounds),
+        "unit costs (µs)": unit_costs(pair, calls, max(3, rounds * 3)),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="one short round, few calls")
     args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
     seconds, rounds, calls = (1.0, 1, 20) if args.smoke else (args.seconds, args.rounds, 300)
     pair = Pair().start()
     try:
-        apps.prepare(pair.primary.url).dispose()
-        pair.replica.catch_up()
-        result = {
-            "wrk": throughput(pair, seconds, rounds),
-            "unit costs (µs)": unit_costs(pair, calls, max(3, rounds * 3)),
-        }
+        result = run(pair, seconds, rounds, calls)
     finally:
         pair.stop()
     json.dump(result, sys.stdout, indent=2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,17 @@ def test_headline_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert rows[headline.FLOOR]["ratio"] == 1.0
         assert rows["uow UnitOfWorkMiddleware (Starlette)"]["failures"] == 0
     assert "| uow UnitOfWorkMiddleware (Starlette) |" in page.read_text()
+
+
+def test_replicas_smoke_run(replica_pair: Any) -> None:
+    """Primary only vs primary + replica on a real uvicorn under wrk, and routing's unit costs."""
+    import shutil
+
+    from benchmarks import replicas
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (scripts/bench installs it)")
+    result = replicas.run(replica_pair, 1, 1, 5)
+    assert all(row["failures"] == 0 and row["rps"] > 0 for row in result["wrk"].values())
+    assert len(result["unit costs (µs)"]) == 6
+    assert all(v > 0 for v in result["unit costs (µs)"].values())
