@@ -398,3 +398,53 @@ async def test_two_thousand_requests_with_lag_read_their_own_writes(
     assert statuses == {201: 1000, 200: 1000}  # no stale read (404), no failure
     # both paths were taken: the replica when it had replayed, the primary when it lagged
     assert served[True] > 0 and served[False] > 0, served
+
+
+@pytest.mark.anyio
+async def test_a_request_that_meets_a_stopped_replica_takes_it_out_of_the_turn(
+    pair: Pair,
+    primary: Engine,
+    replica: Engine,  # replica: its teardown restarts a stopped server
+) -> None:
+    manager = uow.UnitOfWorkManager(
+        create_async_engine(async_pg_url(pair.primary.url)),
+        replicas=[create_async_engine(async_pg_url(pair.replica.url), pool_pre_ping=True)],
+        routing=Routing(check_interval=3600.0, cooldown=0.2),  # no probe notices it: a request does
+    )
+    app = replica_app(manager)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/items/none")).json() == {"replica": True}
+            await anyio.to_thread.run_sync(pair.replica.stop_server)
+            assert (await client.get("/items/none")).status_code == 500  # routed there before it went
+            assert (await client.get("/items/none")).json() == {"replica": False}  # the primary now
+            await anyio.to_thread.run_sync(pair.replica.start)
+            deadline = time.monotonic() + 60
+            while (await client.get("/items/none")).json() != {"replica": True}:
+                assert time.monotonic() < deadline, "the replica was never used again"
+                await anyio.sleep(0.05)
+    finally:
+        await manager.dispose()
+
+
+@pytest.mark.anyio
+async def test_an_async_unit_falls_back_when_the_replica_refuses(
+    pair: Pair,
+    primary: Engine,
+    replica: Engine,  # replica: its teardown restarts a stopped server
+) -> None:
+    """asyncpg lets the socket's ConnectionRefusedError through: it counts as a refusal too."""
+    manager = uow.configure(
+        create_async_engine(async_pg_url(pair.primary.url)),
+        replicas=[create_async_engine(async_pg_url(pair.replica.url), pool_pre_ping=True)],
+        routing=Routing(check_interval=3600.0),
+    )
+    try:
+        async with uow.unit_of_work(read_only=True) as session:
+            assert await session.scalar(text("SELECT pg_is_in_recovery()"))
+        await anyio.to_thread.run_sync(pair.replica.stop_server)
+        async with uow.unit_of_work(read_only=True) as session:
+            assert not await session.scalar(text("SELECT pg_is_in_recovery()"))
+    finally:
+        await manager.dispose()

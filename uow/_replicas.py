@@ -332,8 +332,12 @@ def _found(replica: Replica, row: Any) -> None:
 
 
 def is_disconnect(exc: BaseException) -> bool:
-    """Return True for an error that says the database cannot be reached."""
-    return isinstance(exc, (OperationalError, InterfaceError)) or (
+    """Return True for an error that says the database cannot be reached.
+
+    SQLAlchemy's (psycopg's refusals arrive as ``OperationalError``), or the
+    socket's own (asyncpg lets ``ConnectionRefusedError`` through as is).
+    """
+    return isinstance(exc, (OperationalError, InterfaceError, OSError)) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     )
 

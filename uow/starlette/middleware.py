@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import _registry
 from .._async import end_async
 from .._options import Propagation, UnitOptions
-from .._replicas import Causal, choose_async, enter_causal, leave_causal
+from .._replicas import Causal, choose_async, enter_causal, is_disconnect, leave_causal
 from .._transaction import Binding, Boundary, Transaction, serial_tx
 from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit
 from ..manager import UnitOfWorkManager
@@ -126,15 +126,18 @@ class UnitOfWorkMiddleware:
             # this request's causal position, shared with its threads and tasks
             request.causal, causal = enter_causal(_cookie(scope, self.causal_cookie))
             request.cookie = self.causal_cookie
-            if read_only:
-                request.tx.replica = await choose_async(router, manager.name)
         token = manager.current.set(request.unit)
         serial = None if manager.is_async else serial_tx.set(request.tx)
         try:
+            if router is not None and read_only:
+                request.tx.replica = await choose_async(router, manager.name)
             await self.app(scope, request.receive, request.send)
             if not request.tx.ended:
                 await request.end(None)  # the app never started a response: roll back
         except BaseException as exc:
+            replica = request.tx.replica
+            if replica is not None and router is not None and is_disconnect(exc):
+                router.mark_down(replica, exc)  # the requests after this one go elsewhere
             await request.end(exc)
             raise
         finally:
