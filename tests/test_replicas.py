@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 import uow
-from tests.conftest import Base, Item, async_pg_url
+from tests.conftest import Base, Item, async_pg_url, asyncio_and_trio
 from tests.pgreplica import Pair
 from uow.replicas import Routing, causal_token, served_by, use_token
 from uow.starlette import UnitOfWorkMiddleware
@@ -448,3 +448,21 @@ async def test_an_async_unit_falls_back_when_the_replica_refuses(
             assert not await session.scalar(text("SELECT pg_is_in_recovery()"))
     finally:
         await manager.dispose()
+
+
+@pytest.mark.anyio
+@asyncio_and_trio
+async def test_async_code_on_sync_engines_reads_its_writes(
+    pair: Pair, primary: Engine, replica: Engine
+) -> None:
+    """Probes and the WAL position go through worker threads; the context still carries the write."""
+    manager_of(primary, replica, max_wait=0.05)
+    await anyio.to_thread.run_sync(pair.replica.pause_replay)
+    async with uow.unit_of_work():
+        await uow.run_sync(lambda: uow.session.add(Item(name="threaded")))
+    async with uow.unit_of_work(read_only=True):
+        found = await uow.run_sync(lambda: uow.session.scalar(select(Item.name)))
+        assert (found, await uow.run_sync(in_recovery)) == ("threaded", False)
+    with use_token(None):
+        async with uow.unit_of_work(read_only=True):
+            assert await uow.run_sync(in_recovery)
