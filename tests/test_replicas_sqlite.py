@@ -113,3 +113,26 @@ def test_middleware_options_are_checked() -> None:
         UnitOfWorkMiddleware(Starlette(), read_only_methods="GET")
     with pytest.raises(uow.InvalidOptionError, match="cookie name"):
         UnitOfWorkMiddleware(Starlette(), causal_cookie="no good")
+
+
+def test_replicas_take_turns_or_the_least_lagging_goes_first(tmp_path: Path) -> None:
+    """The order is a decision on what the probes found (set here by hand: SQLite has no lag)."""
+    engines = [create_engine(f"sqlite:///{tmp_path / name}.db") for name in ("p", "a", "b", "c")]
+    try:
+        for prefer, expected in (
+            ("round-robin", [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]),
+            ("least-lag", [["b", "c", "a"], ["c", "b", "a"], ["b", "c", "a"], ["c", "b", "a"]]),
+        ):
+            routing = Routing(prefer=prefer)  # type: ignore[arg-type]
+            router = uow.UnitOfWorkManager(engines[0], replicas=engines[1:], routing=routing).router
+            assert router is not None
+            router.replicas[0].lag = 3.0  # a lags; b and c are level and take turns
+            orders = [[Path(r.name).stem for r in router.in_turn(time.monotonic())] for _ in range(4)]
+            assert orders == expected, prefer
+        assert router is not None  # least-lag's
+        router.replicas[1].down_until = time.monotonic() + 60  # b cools down: skipped
+        assert [Path(r.name).stem for r in router.in_turn(time.monotonic())] == ["c", "a"]
+        assert [Path(r.name).stem for r in router.in_turn(time.monotonic())] == ["c", "a"]
+    finally:
+        for engine in engines:
+            engine.dispose()

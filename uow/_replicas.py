@@ -90,8 +90,13 @@ class Routing:
     check_interval: float = 1.0
     #: how long a waiting read sleeps between two reads of the replica's position
     poll: float = 0.01
+    #: "round-robin": healthy replicas take turns; "least-lag": the one least behind first
+    #: (as of the last probes; replicas as far behind take turns)
+    prefer: Literal["round-robin", "least-lag"] = "round-robin"
 
     def __post_init__(self) -> None:
+        if self.prefer not in ("round-robin", "least-lag"):
+            raise InvalidOptionError(f"prefer={self.prefer!r} must be 'round-robin' or 'least-lag'")
         if self.read_your_writes not in (None, "lsn", "window", "off"):
             raise InvalidOptionError(
                 f"read_your_writes={self.read_your_writes!r} must be 'lsn', 'window' or 'off'"
@@ -162,12 +167,19 @@ class Router:
         self._lock = threading.Lock()
 
     def in_turn(self, now: float) -> list[Replica]:
-        """Return the replicas not cooling down, starting with the next one's turn."""
+        """Return the replicas not cooling down, in the order to try them."""
         with self._lock:
             start = next(self._turn)
-        n = len(self.replicas)
-        ordered = [self.replicas[(start + i) % n] for i in range(n)]
-        return [r for r in ordered if r.down_until <= now]
+        healthy = [r for r in self.replicas if r.down_until <= now]
+        if not healthy:
+            return healthy
+        if self.routing.prefer == "least-lag":
+            healthy.sort(key=lambda r: r.lag)
+            level = [r for r in healthy if r.lag == healthy[0].lag]  # the least behind take turns
+            k = start % len(level)
+            return level[k:] + level[:k] + healthy[len(level) :]
+        k = start % len(healthy)
+        return healthy[k:] + healthy[:k]
 
     def mark_down(self, replica: Replica, exc: BaseException) -> None:
         replica.down_until = time.monotonic() + self.routing.cooldown
