@@ -6,6 +6,7 @@ shared cluster. Lag is real: replay is paused on the replica.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -466,3 +467,40 @@ async def test_async_code_on_sync_engines_reads_its_writes(
     with use_token(None):
         async with uow.unit_of_work(read_only=True):
             assert await uow.run_sync(in_recovery)
+
+
+@pytest.mark.anyio
+async def test_a_unit_cancelled_while_its_wal_position_is_read_still_runs_its_hooks(
+    primary: Engine, replica: Engine
+) -> None:
+    """Task.cancel() during the read after COMMIT: the read finishes, the hooks run, then the cancel."""
+    manager_of(primary, replica)
+    reading, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def slow_checkout(*args: object) -> None:
+        reading.set()
+        release.wait(60)
+
+    async def unit() -> None:
+        async with uow.unit_of_work():
+            await uow.run_sync(lambda: uow.session.add(Item(name="cancelled")))
+            await uow.run_sync(lambda: uow.session.flush())  # the unit holds its connection now
+            uow.on_commit(lambda: ran.append("hook"))
+            event.listen(primary, "checkout", slow_checkout)  # the next one: the WAL position's read
+
+    try:
+        task = asyncio.ensure_future(unit())
+        await anyio.to_thread.run_sync(reading.wait, 60)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        assert not task.done()  # the read is waited for
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert ran == ["hook"]  # the commit's hooks ran before the cancellation was raised
+        assert causal_token() is None  # (the unit's own task noted the position, not this one)
+    finally:
+        release.set()
+        if event.contains(primary, "checkout", slow_checkout):
+            event.remove(primary, "checkout", slow_checkout)

@@ -153,7 +153,7 @@ async def end_async(
         tx.finish(result.committed)
         router = tx.binding.router
         if router is not None and result.committed and tx.connected and not tx.options.read_only:
-            await record_async(router, tx.binding.name)
+            cancelled = cancelled or await record_async(router, tx.binding.name)
     if boundary.started:
         log_end(boundary, result.committed, savepoint)
     if savepoint and result.committed:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -40,6 +41,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from ._compat import AsyncEngine, async_sessionmaker
+from ._threads import shielded
 from .exceptions import InvalidOptionError, ReadOnlyViolation
 
 __all__ = [
@@ -445,26 +447,37 @@ def record_sync(router: Router, name: str) -> None:
         note_write(name, None, _window(router))
 
 
-async def record_async(router: Router, name: str) -> None:
-    """The async form of :func:`record_sync` (shielded: the commit already happened)."""
+async def _read_insert_lsn_async(engine: Engine | AsyncEngine) -> int | None:
+    """Read the primary's WAL position; None if that failed (logged)."""
+    try:
+        if isinstance(engine, AsyncEngine):
+            async with engine.connect() as connection:
+                return parse_lsn((await connection.execute(_INSERT_LSN)).scalar_one())
+        return await anyio.to_thread.run_sync(_read_insert_lsn, engine)
+    except Exception:
+        logger.warning(_NO_LSN, exc_info=True)
+        return None
+
+
+async def record_async(router: Router, name: str) -> BaseException | None:
+    """The async form of :func:`record_sync`; return a cancellation that arrived meanwhile.
+
+    The read runs to its end even if the task is cancelled (the commit
+    already happened, and the unit's hooks are still to run): the driver
+    raises the cancellation once the unit has ended.
+    """
     if router.mode == "off":
-        return
+        return None
     engine = router.positions
     if engine is None:
         note_write(name, None, _window(router))
-        return
-    with anyio.CancelScope(shield=True):
-        try:
-            if isinstance(engine, AsyncEngine):
-                async with engine.connect() as connection:
-                    lsn = parse_lsn((await connection.execute(_INSERT_LSN)).scalar_one())
-            else:
-                lsn = await anyio.to_thread.run_sync(_read_insert_lsn, engine)
-        except Exception:
-            logger.warning(_NO_LSN, exc_info=True)
-            note_write(name, None, _window(router))
-            return
-    note_write(name, lsn, 0.0)
+        return None
+    lsn, cancelled = await shielded(functools.partial(_read_insert_lsn_async, engine))
+    if lsn is None:
+        note_write(name, None, _window(router))
+    else:
+        note_write(name, lsn, 0.0)
+    return cancelled
 
 
 # --- writes refused on a replica's sessions, before they reach the database ------------------
