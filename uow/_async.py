@@ -38,7 +38,7 @@ from ._threads import finish, raise_after, session_thread, shielded
 from ._transaction import Binding, Boundary, Hook, Transaction, live, log_end, serial_tx
 from .exceptions import HookError
 
-__all__ = ["AsyncBlock", "end_async", "run_hooks_async"]
+__all__ = ["AsyncBlock", "end_async", "run_hooks_async", "start_async"]
 
 
 class AsyncBlock:
@@ -74,7 +74,7 @@ class AsyncBlock:
             boundary.attempt = self.attempt
             start = tx.start_options()
             if start or tx.replica is not None:  # a replica is tried at once, to fall back now
-                await _start(tx, start)
+                await start_async(tx, start)
             if not binding.is_async:
                 self.serial_token = serial_tx.set(tx)
         else:
@@ -168,8 +168,11 @@ async def end_async(
     return error
 
 
-async def _start(tx: Transaction, options: dict[str, Any]) -> None:
-    """Check out the first connection with *options* (isolation, read-only)."""
+async def start_async(tx: Transaction, options: dict[str, Any]) -> None:
+    """Check out the first connection with *options* (isolation, read-only).
+
+    A replica that refuses the connection is skipped for a while, and the primary serves the unit.
+    """
     session = tx.get_session()
     try:
         if isinstance(session, AsyncSession):
@@ -185,7 +188,7 @@ async def _start(tx: Transaction, options: dict[str, Any]) -> None:
             await _end_session(tx, "rollback")
             router.mark_down(replica, exc)
             tx.use_primary()
-            await _start(tx, tx.start_options())  # READ ONLY on the primary
+            await start_async(tx, tx.start_options())  # READ ONLY on the primary
             return
         tx.begin_end()
         await _end_session(tx, "rollback")

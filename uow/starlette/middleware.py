@@ -11,7 +11,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _registry
-from .._async import end_async
+from .._async import end_async, start_async
 from .._options import Propagation, UnitOptions
 from .._replicas import Causal, choose_async, enter_causal, is_disconnect, leave_causal
 from .._transaction import Binding, Boundary, Transaction, serial_tx
@@ -131,6 +131,10 @@ class UnitOfWorkMiddleware:
         try:
             if router is not None and read_only:
                 request.tx.replica = await choose_async(router, manager.name)
+                if request.tx.replica is not None:
+                    # connected now, so that a replica gone away gives way to the primary
+                    # before the endpoint runs, never failing it
+                    await start_async(request.tx, request.tx.start_options())
             await self.app(scope, request.receive, request.send)
             if not request.tx.ended:
                 await request.end(None)  # the app never started a response: roll back
