@@ -21,6 +21,9 @@ PRIMARY_SETTINGS = (
     "wal_keep_size = 64MB",
     # a replica that waits for replay never cancels its own readers' queries
     "max_standby_streaming_delay = -1",
+    # a COMMIT's WAL is flushed (so sent to the replica) before it returns, as in production;
+    # asynchronous commit would hold it back until the WAL writer's next round (up to 600 ms)
+    "synchronous_commit = on",
 )
 
 

@@ -351,7 +351,7 @@ async def async_manager(pair: Pair, primary: Engine) -> AsyncIterator[uow.UnitOf
     manager = uow.UnitOfWorkManager(
         create_async_engine(async_pg_url(pair.primary.url), pool_size=10),
         replicas=[create_async_engine(async_pg_url(pair.replica.url), pool_pre_ping=True, pool_size=10)],
-        routing=Routing(max_wait=0.02),
+        routing=Routing(max_wait=0.05),
     )
     yield manager
     await manager.dispose()
