@@ -30,16 +30,26 @@ def _port() -> int:
 
 
 @contextmanager
-def serving(pattern: str, url: str, pool: int = 5, ready_path: str = "/plain") -> Iterator[str]:
-    """Serve *pattern* on *url* from a uvicorn process on 127.0.0.1; yield its base URL; stop it."""
+def serving(
+    pattern: str,
+    url: str,
+    pool: int = 5,
+    ready_path: str = "/plain",
+    app: str = "benchmarks.server_app:app",
+    **env_vars: str,
+) -> Iterator[str]:
+    """Serve *pattern* on *url* from a uvicorn process on 127.0.0.1; yield its base URL; stop it.
+
+    *app* is the ASGI app uvicorn imports; *env_vars* go to its environment.
+    """
     port = _port()
-    env = {**os.environ, "BENCH_URL": url, "BENCH_PATTERN": pattern, "BENCH_POOL": str(pool)}
+    env = {**os.environ, "BENCH_URL": url, "BENCH_PATTERN": pattern, "BENCH_POOL": str(pool), **env_vars}
     server = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "uvicorn",
-            "benchmarks.server_app:app",
+            app,
             "--host",
             "127.0.0.1",
             "--port",

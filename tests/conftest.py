@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import uow
-from tests import pgcluster
+from tests import pgcluster, pgreplica
 
 REQUIRE_PG = os.environ.get("UOW_REQUIRE_POSTGRES") == "1"
 _cluster: pgcluster.Cluster | None = None
@@ -147,6 +147,20 @@ def names(engine: Engine) -> list[str]:
 def count(engine: Engine) -> int:
     with engine.connect() as conn:
         return int(conn.scalar(select(func.count(Item.id))) or 0)
+
+
+@pytest.fixture(scope="session")
+def replica_pair() -> Iterator[pgreplica.Pair]:
+    """A primary of its own and a streaming replica of it, for the whole run (started on first use)."""
+    if not (pgcluster.available() and pgreplica.can_replicate()):
+        if REQUIRE_PG:
+            pytest.fail("UOW_REQUIRE_POSTGRES=1 but PostgreSQL's pg_basebackup is not installed")
+        pytest.skip("install PostgreSQL (with pg_basebackup) to run the replica cases")
+    pair = pgreplica.Pair().start()
+    try:
+        yield pair
+    finally:
+        pair.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,10 @@ def dispose_engines(module: ModuleType) -> None:
         engine = value.engine if isinstance(value, uow.UnitOfWorkManager) else value
         if isinstance(engine, Engine):
             engine.dispose()
+        if isinstance(value, uow.UnitOfWorkManager) and value.router is not None:
+            for replica in value.router.replicas:
+                if isinstance(replica.engine, Engine):
+                    replica.engine.dispose()
 
 
 def example_loader(folder: str = "") -> Callable[[Path, pytest.MonkeyPatch], Iterator[Load]]:

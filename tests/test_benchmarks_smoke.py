@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,17 @@ def test_otel_costs_smoke_run() -> None:
         assert set(variants) == {"unit that does nothing", "unit that reads a row"}
         assert all(us > 0 for us in variants.values())
     assert "| unit that reads a row |" in otel.table(results)
+
+
+def test_replicas_smoke_run(replica_pair: Any) -> None:
+    """Primary only vs primary + replica on a real uvicorn under wrk, and routing's unit costs."""
+    import shutil
+
+    from benchmarks import replicas
+
+    if shutil.which("wrk") is None:
+        pytest.skip("wrk is not installed (scripts/bench installs it)")
+    result = replicas.run(replica_pair, 1, 1, 5)
+    assert all(row["failures"] == 0 and row["rps"] > 0 for row in result["wrk"].values())
+    assert len(result["unit costs (µs)"]) == 6
+    assert all(v > 0 for v in result["unit costs (µs)"].values())

@@ -36,12 +36,13 @@ from ._decisions import (
 )
 from ._observe import Observation
 from ._options import UnitOptions, check_joinable
+from ._replicas import choose_async, is_disconnect, record_async
 from ._sync import end_savepoint, end_session
 from ._threads import finish, raise_after, session_thread, shielded
 from ._transaction import Binding, Boundary, Hook, PendingRoot, Transaction, live, log_end, serial_tx
 from .exceptions import HookError
 
-__all__ = ["AsyncBlock", "end_async", "run_hooks_async"]
+__all__ = ["AsyncBlock", "end_async", "run_hooks_async", "start_async"]
 
 
 class AsyncBlock:
@@ -91,11 +92,14 @@ class AsyncBlock:
             return None
         if action is Action.BEGIN:
             tx = Transaction(binding, options, driven_async=True, outer=current.tx if current else None)
+            router = binding.router
+            if router is not None and options.read_only and not binding.external_transaction:
+                tx.replica = await choose_async(router, binding.name)
             boundary = Boundary(tx)
             boundary.attempt = self.attempt
             start = tx.start_options()
-            if start:
-                await _start(tx, start)
+            if start or tx.replica is not None:  # a replica is tried at once, to fall back now
+                await start_async(tx, start)
             if not binding.is_async:
                 self.serial_token = serial_tx.set(tx)
         else:
@@ -195,6 +199,9 @@ async def end_async(
     result = end_result(plan, exc, io_error, tx.clock)
     if not savepoint:
         tx.finish(result.committed)
+        router = tx.binding.router
+        if router is not None and result.committed and tx.connected and not tx.options.read_only:
+            cancelled = cancelled or await record_async(router, tx.binding.name)
     if boundary.started:
         log_end(boundary, result.committed, savepoint)
     if savepoint and result.committed:
@@ -217,8 +224,11 @@ async def end_async(
     return error
 
 
-async def _start(tx: Transaction, options: dict[str, Any]) -> None:
-    """Check out the first connection with *options* (isolation, read-only)."""
+async def start_async(tx: Transaction, options: dict[str, Any]) -> None:
+    """Check out the first connection with *options* (isolation, read-only).
+
+    A replica that refuses the connection is skipped for a while, and the primary serves the unit.
+    """
     session = tx.get_session()
     try:
         if isinstance(session, AsyncSession):
@@ -227,7 +237,15 @@ async def _start(tx: Transaction, options: dict[str, Any]) -> None:
             await session_thread(
                 functools.partial(session.connection, execution_options=options), holds_connection=False
             )
-    except BaseException:
+    except BaseException as exc:
+        replica = tx.replica
+        router = tx.binding.router
+        if replica is not None and router is not None and is_disconnect(exc):
+            await _end_session(tx, "rollback")
+            router.mark_down(replica, exc)
+            tx.use_primary()
+            await start_async(tx, tx.start_options())  # READ ONLY on the primary
+            return
         tx.begin_end()
         await _end_session(tx, "rollback")
         tx.finish(False)

@@ -30,6 +30,7 @@ from ._decisions import (
 )
 from ._observe import Observation
 from ._options import UnitOptions, check_joinable
+from ._replicas import choose_sync, is_disconnect, record_sync
 from ._transaction import Binding, Boundary, Hook, PendingRoot, Transaction, live, log_end, logger
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
@@ -78,19 +79,14 @@ class SyncBlock:
             )
         if action is Action.BEGIN:
             tx = Transaction(binding, options, driven_async=False, outer=current.tx if current else None)
+            router = binding.router
+            if router is not None and options.read_only and not binding.external_transaction:
+                tx.replica = choose_sync(router, binding.name)
             boundary = Boundary(tx)
             boundary.attempt = self.attempt
             start = tx.start_options()
-            if start:
-                session = tx.get_session()
-                assert isinstance(session, Session)
-                try:
-                    session.connection(execution_options=start)
-                except BaseException:
-                    tx.begin_end()
-                    end_session(session, "rollback")
-                    tx.finish(False)
-                    raise
+            if start or tx.replica is not None:  # a replica is tried at once, to fall back now
+                start_sync(tx, start)
         else:
             assert current is not None
             check_joinable(options, current.tx.options)
@@ -148,6 +144,28 @@ class SyncBlock:
         return None
 
 
+def start_sync(tx: Transaction, start: dict[str, Any]) -> None:
+    """Check out the first connection with *start* options.
+
+    A replica that refuses the connection is skipped for a while, and the primary serves the unit.
+    """
+    session = tx.get_session()
+    assert isinstance(session, Session)
+    try:
+        session.connection(execution_options=start)
+    except BaseException as exc:
+        end_session(session, "rollback")
+        replica = tx.replica
+        if replica is not None and tx.binding.router is not None and is_disconnect(exc):
+            tx.binding.router.mark_down(replica, exc)
+            tx.use_primary()
+            start_sync(tx, tx.start_options())  # READ ONLY on the primary
+            return
+        tx.begin_end()
+        tx.finish(False)
+        raise
+
+
 def end_sync(
     boundary: Boundary, options: UnitOptions, exc: BaseException | None, *, savepoint: bool
 ) -> BaseException | None:
@@ -171,6 +189,9 @@ def end_sync(
     result = end_result(plan, exc, io_error, tx.clock)
     if not savepoint:
         tx.finish(result.committed)
+        router = tx.binding.router
+        if router is not None and result.committed and tx.connected and not tx.options.read_only:
+            record_sync(router, tx.binding.name)
     if boundary.started:
         log_end(boundary, result.committed, savepoint)
     if savepoint and result.committed:

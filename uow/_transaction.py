@@ -37,6 +37,7 @@ from ._compat import AsyncEngine, async_sessionmaker
 from ._detect import is_async_callable
 from ._observe import Observation
 from ._options import Propagation, UnitOptions
+from ._replicas import Replica, Router, guard_replica_sessions
 from ._threads import running_asyncio
 from ._timeout import Clock, arm, start_clock
 from .exceptions import (
@@ -96,6 +97,7 @@ class Binding:
         transient: tuple[TransientPredicate, ...],
         retry_backoff: tuple[float, float],
         strict: bool = False,
+        router: Router | None = None,
     ) -> None:
         self.session_factory: sessionmaker[Any] | async_sessionmaker[Any] = factory
         #: True when the factory makes ``AsyncSession`` objects
@@ -129,7 +131,11 @@ class Binding:
         self.hook_sink: list[Hook] | None = None
         #: set by uow.testing: sessions run inside a test's outer transaction
         self.external_transaction = False
+        #: the read replicas and how read-only units are routed to them (None: no replicas)
+        self.router = router
         _guard_sessions_of(factory)
+        for replica in router.replicas if router is not None else ():
+            guard_replica_sessions(_guard_sessions_of(replica.factory))
 
     def in_unit(self) -> bool:
         """Return True if a unit of this manager is open in the caller's context."""
@@ -249,9 +255,11 @@ class Transaction:
         "driven_async",
         "ended",
         "innermost",
+        "lazy",
         "loop_thread",
         "options",
         "outer",
+        "replica",
         "session",
     )
 
@@ -263,6 +271,7 @@ class Transaction:
         outer: Transaction | None = None,
         *,
         loop_thread: int | None = None,
+        lazy: bool = False,
     ) -> None:
         self.binding = binding
         self.options = options
@@ -286,6 +295,10 @@ class Transaction:
         self.connected = False
         #: True where the code ends the transaction itself (the middleware's manual mode)
         self.direct_end_allowed = False
+        #: True if the connection is begun on first use, without start_options() (the middleware's)
+        self.lazy = lazy
+        #: the read replica that serves this (read-only) transaction; None: the primary
+        self.replica: Replica | None = None
         self._status = Status.ACTIVE
         #: True once the end began: ``uow.session`` no longer hands out the session (set by the
         #: methods below, like the status; a plain attribute because every request reads it)
@@ -342,7 +355,8 @@ class Transaction:
             with _create_lock:
                 session = self.session
                 if session is None:
-                    session = self.binding.session_factory()
+                    replica = self.replica
+                    session = (replica.factory if replica is not None else self.binding.session_factory)()
                     _sync_session(session).info[TX_KEY] = self
                     self.session = session
         loop_thread = self.loop_thread
@@ -355,6 +369,18 @@ class Transaction:
             )
         return session
 
+    @property
+    def served_by(self) -> str:
+        """The name of the database that serves this transaction: a replica's, or the primary's."""
+        replica = self.replica
+        return replica.name if replica is not None else self.binding.name
+
+    def use_primary(self) -> None:
+        """Go back to the primary, before any work: the replica's session (closed) is dropped."""
+        self.replica = None
+        self.session = None
+        self.connected = False
+
     def start_options(self) -> dict[str, Any]:
         """Return the execution options the first connection needs ({} if none)."""
         options = self.options
@@ -365,7 +391,10 @@ class Transaction:
             options.read_only
             and self.binding.dialect_name == "postgresql"
             and not self.binding.read_only_in_begin
+            and self.replica is None
         ):
+            # (not on a replica: a standby refuses every write already, and the pool's reset
+            # of the mode would make its next transaction BEGIN READ WRITE, which it refuses)
             opts["postgresql_readonly"] = True
         if opts and self.binding.external_transaction:
             # inside a test's outer transaction the connection is already
@@ -376,11 +405,13 @@ class Transaction:
     def read_only_at_database(self) -> bool:
         """Return True if the database itself refuses writes in this transaction (READ ONLY)."""
         binding = self.binding
-        return (
-            self.options.read_only
-            and binding.dialect_name == "postgresql"
-            and not binding.external_transaction
-        )
+        if binding.dialect_name != "postgresql" or binding.external_transaction:
+            return False
+        if self.replica is not None:
+            return True  # a hot standby refuses every write
+        # READ ONLY goes out with the BEGIN (psycopg 3), or with the first connection's options
+        # (which a connection begun on first use, lazily, does not get)
+        return self.options.read_only and (binding.read_only_in_begin or not self.lazy)
 
     def needs_io_to_end(self) -> bool:
         """Return True if ending the session may touch the database."""
@@ -545,7 +576,7 @@ class PendingRoot:
                 made = self.made
                 if made is None:
                     tx = Transaction(
-                        self.binding, self.options, driven_async=True, loop_thread=self.loop_thread
+                        self.binding, self.options, driven_async=True, loop_thread=self.loop_thread, lazy=True
                     )
                     tx.direct_end_allowed = self.direct_end_allowed
                     made = self.made = Boundary(tx)
@@ -609,15 +640,19 @@ def _sync_session(session: Session | AsyncSession) -> Session:
 def log_end(boundary: Boundary, committed: bool, savepoint: bool) -> None:
     """Write the one DEBUG record of a unit that ended (only when DEBUG is on)."""
     duration = perf_counter() - boundary.started
-    propagation = "NESTED" if savepoint else boundary.tx.options.propagation.name
+    tx = boundary.tx
+    propagation = "NESTED" if savepoint else tx.options.propagation.name
+    served_by = tx.served_by
     logger.debug(
-        "uow: %s %s in %.3f ms (propagation=%s, retries=%d)",
+        "uow: %s %s in %.3f ms (propagation=%s, retries=%d%s)",
         "savepoint" if savepoint else "unit",
         ("released" if savepoint else "committed") if committed else "rolled back",
         duration * 1000,
         propagation,
         boundary.attempt,
+        "" if tx.binding.router is None else f", served_by={served_by}",
         extra={
+            "uow_served_by": served_by,
             "uow_outcome": "commit" if committed else "rollback",
             "uow_savepoint": savepoint,
             "uow_duration": duration,
@@ -689,6 +724,7 @@ def _after_begin(session: Session, transaction: SessionTransaction, connection: 
         if (
             tx.options.read_only
             and binding.read_only_in_begin
+            and tx.replica is None  # (a standby refuses writes itself; its pool restores nothing)
             and not binding.external_transaction
             and transaction.parent is None
         ):
@@ -789,14 +825,14 @@ def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None
         _direct_end(session, "rollback")
 
 
-def _install_guards(session_class: Any) -> None:
+def _install_guards(session_class: Any) -> Any:
     """Listen on *session_class*, once: a mark on the class itself says it is done.
 
     (Not ``event.contains``: SQLAlchemy keys its registry by ``id()``, which a new
     class may share with a collected one whose entries are still there.)
     """
     if session_class.__dict__.get("_uow_listening", False):
-        return
+        return session_class
     for name, fn in (
         ("before_flush", _before_flush),
         ("after_transaction_create", _after_transaction_create),
@@ -806,16 +842,16 @@ def _install_guards(session_class: Any) -> None:
     ):
         event.listen(session_class, name, fn)
     session_class._uow_listening = True
+    return session_class
 
 
-def _guard_sessions_of(factory: sessionmaker[Any] | async_sessionmaker[Any]) -> None:
-    """Install uow's session listeners on the sessions *factory* makes, and only on those."""
+def _guard_sessions_of(factory: sessionmaker[Any] | async_sessionmaker[Any]) -> type[Session]:
+    """Install uow's listeners on the sessions *factory* makes, and only on those; return their class."""
     if isinstance(factory, sessionmaker):
-        _install_guards(factory.class_)  # the factory's own Session subclass
-        return
+        return _install_guards(factory.class_)  # type: ignore[no-any-return]  # the factory's own subclass
     sync_class = factory.kw.get("sync_session_class", Session)
     if not sync_class.__dict__.get("_uow_guarded", False):
         # a subclass of its own, so that listening never reaches other factories' sessions
         sync_class = type(sync_class.__name__, (sync_class,), {"_uow_guarded": True})
         factory.configure(sync_session_class=sync_class)
-    _install_guards(sync_class)
+    return _install_guards(sync_class)  # type: ignore[no-any-return]

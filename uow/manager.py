@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, overload
 
 import anyio.to_thread
@@ -13,6 +13,7 @@ from typing_extensions import TypeVar
 
 from ._compat import AsyncEngine, AsyncSession, async_sessionmaker
 from ._options import Propagation
+from ._replicas import Replica, Router, Routing
 from ._transaction import Binding
 from .decorators import UnitOfWork, transactional
 from .exceptions import InvalidOptionError, UnitOfWorkWarning
@@ -28,6 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S", bound="Session | AsyncSession", default=Any)
 SyncS = TypeVar("SyncS", bound=Session)
 AsyncS = TypeVar("AsyncS", bound=AsyncSession)
+Bind = Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any]
 
 
 class UnitOfWorkManager(Binding, Generic[S]):
@@ -51,6 +53,10 @@ class UnitOfWorkManager(Binding, Generic[S]):
     :meth:`current_session` are typed ``sqlmodel.Session``; from an engine
     alone it is a ``UnitOfWorkManager[Session]`` (``[AsyncSession]`` from an
     ``AsyncEngine``).
+
+    *replicas* are read replicas of *bind* (the primary), of its kind (sync
+    or async): read-only outermost units run on one of them, as *routing*
+    (a :class:`uow.replicas.Routing`) says; everything else on the primary.
     """
 
     @overload
@@ -58,6 +64,8 @@ class UnitOfWorkManager(Binding, Generic[S]):
         self: UnitOfWorkManager[SyncS],
         bind: sessionmaker[SyncS],
         *,
+        replicas: Sequence[Bind] = ...,
+        routing: Routing | None = ...,
         sqlite_savepoints: bool = ...,
         retry_on: Callable[[BaseException], bool] | None = ...,
         retry_backoff: tuple[float, float] = ...,
@@ -69,6 +77,8 @@ class UnitOfWorkManager(Binding, Generic[S]):
         self: UnitOfWorkManager[AsyncS],
         bind: async_sessionmaker[AsyncS],
         *,
+        replicas: Sequence[Bind] = ...,
+        routing: Routing | None = ...,
         sqlite_savepoints: bool = ...,
         retry_on: Callable[[BaseException], bool] | None = ...,
         retry_backoff: tuple[float, float] = ...,
@@ -80,6 +90,8 @@ class UnitOfWorkManager(Binding, Generic[S]):
         self: UnitOfWorkManager[SyncS],
         bind: Engine,
         *,
+        replicas: Sequence[Bind] = ...,
+        routing: Routing | None = ...,
         class_: type[SyncS],
         sqlite_savepoints: bool = ...,
         retry_on: Callable[[BaseException], bool] | None = ...,
@@ -93,6 +105,8 @@ class UnitOfWorkManager(Binding, Generic[S]):
         self: UnitOfWorkManager[Session],
         bind: Engine,
         *,
+        replicas: Sequence[Bind] = ...,
+        routing: Routing | None = ...,
         sqlite_savepoints: bool = ...,
         retry_on: Callable[[BaseException], bool] | None = ...,
         retry_backoff: tuple[float, float] = ...,
@@ -105,6 +119,8 @@ class UnitOfWorkManager(Binding, Generic[S]):
         self: UnitOfWorkManager[AsyncS],
         bind: AsyncEngine,
         *,
+        replicas: Sequence[Bind] = ...,
+        routing: Routing | None = ...,
         class_: type[AsyncS],
         sqlite_savepoints: bool = ...,
         retry_on: Callable[[BaseException], bool] | None = ...,
@@ -118,6 +134,8 @@ class UnitOfWorkManager(Binding, Generic[S]):
         self: UnitOfWorkManager[AsyncSession],
         bind: AsyncEngine,
         *,
+        replicas: Sequence[Bind] = ...,
+        routing: Routing | None = ...,
         sqlite_savepoints: bool = ...,
         retry_on: Callable[[BaseException], bool] | None = ...,
         retry_backoff: tuple[float, float] = ...,
@@ -130,6 +148,8 @@ class UnitOfWorkManager(Binding, Generic[S]):
         self: UnitOfWorkManager[Any],
         bind: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any],
         *,
+        replicas: Sequence[Bind] = ...,
+        routing: Routing | None = ...,
         sqlite_savepoints: bool = ...,
         retry_on: Callable[[BaseException], bool] | None = ...,
         retry_backoff: tuple[float, float] = ...,
@@ -141,6 +161,8 @@ class UnitOfWorkManager(Binding, Generic[S]):
         self,
         bind: Engine | AsyncEngine | sessionmaker[Any] | async_sessionmaker[Any],
         *,
+        replicas: Sequence[Bind] = (),
+        routing: Routing | None = None,
         sqlite_savepoints: bool = True,
         retry_on: Callable[[BaseException], bool] | None = None,
         retry_backoff: tuple[float, float] = (0.02, 1.0),
@@ -148,32 +170,20 @@ class UnitOfWorkManager(Binding, Generic[S]):
         strict: bool = False,
         **session_options: Any,
     ) -> None:
-        factory: sessionmaker[Any] | async_sessionmaker[Any]
-        if isinstance(bind, (sessionmaker, async_sessionmaker)):
-            if session_options:
+        factory = _factory(bind, session_options)
+        kind = type(factory)
+        replica_factories = [_factory(r, session_options) for r in replicas]
+        for replica in replica_factories:
+            if type(replica) is not kind:
                 raise InvalidOptionError(
-                    f"session options {sorted(session_options)} were given with a "
-                    "ready-made session factory; set them on the factory instead"
+                    f"replica {replica.kw.get('bind')!r} is "
+                    + ("async" if isinstance(replica, async_sessionmaker) else "sync")
+                    + " but the primary is "
+                    + ("async" if isinstance(factory, async_sessionmaker) else "sync")
+                    + "; give replicas of the primary's kind (Engines, or AsyncEngines, for both)"
                 )
-            factory = bind
-            if factory.kw.get("expire_on_commit", True):
-                warnings.warn(
-                    "this session factory has expire_on_commit=True: objects a committed "
-                    "unit returns are expired and detached, so reading one raises "
-                    "DetachedInstanceError. Build it with expire_on_commit=False, or pass "
-                    "the engine (with class_= and other session options) to uow instead",
-                    UnitOfWorkWarning,
-                    stacklevel=2,
-                )
-        elif isinstance(bind, AsyncEngine):
-            factory = async_sessionmaker(bind, **{"expire_on_commit": False, **session_options})
-        elif isinstance(bind, Engine):
-            factory = sessionmaker(bind, **{"expire_on_commit": False, **session_options})
-        else:
-            raise InvalidOptionError(
-                f"cannot bind units of work to {bind!r}; pass an Engine, AsyncEngine, "
-                "sessionmaker or async_sessionmaker"
-            )
+        if routing is not None and not isinstance(routing, Routing):
+            raise InvalidOptionError(f"routing={routing!r} must be a uow.replicas.Routing")
         if retry_on is not None and not callable(retry_on):
             raise InvalidOptionError(f"retry_on={retry_on!r} must be a callable taking an exception")
         base, cap = retry_backoff
@@ -191,9 +201,13 @@ class UnitOfWorkManager(Binding, Generic[S]):
             strict=strict,
             transient=(retry_on,) if retry_on is not None else (),
             retry_backoff=(float(base), float(cap)),
+            router=_router(replica_factories, routing, factory),
         )
         if sqlite_savepoints and self.engine is not None:
             enable_savepoints(self.engine)
+            for replica in replica_factories:
+                bound = replica.kw["bind"]
+                enable_savepoints(bound.sync_engine if isinstance(bound, AsyncEngine) else bound)
         self._proxy = SessionProxy(lambda: self)
 
     def __repr__(self) -> str:
@@ -244,9 +258,67 @@ class UnitOfWorkManager(Binding, Generic[S]):
         return await run_sync(fn, *args, **kwargs)
 
     async def dispose(self) -> None:
-        """Close every pooled connection of the bound engine (call at shutdown)."""
-        bind = self.session_factory.kw.get("bind")
-        if isinstance(bind, AsyncEngine):
-            await bind.dispose()
-        elif isinstance(bind, Engine):
-            await anyio.to_thread.run_sync(bind.dispose)
+        """Close every pooled connection of the bound engine and the replicas' (call at shutdown)."""
+        factories = [self.session_factory]
+        if self.router is not None:
+            factories += [r.factory for r in self.router.replicas]
+        for factory in factories:
+            bind = factory.kw.get("bind")
+            if isinstance(bind, AsyncEngine):
+                await bind.dispose()
+            elif isinstance(bind, Engine):
+                await anyio.to_thread.run_sync(bind.dispose)
+
+
+def _factory(bind: Bind, session_options: dict[str, Any]) -> sessionmaker[Any] | async_sessionmaker[Any]:
+    """Return the session factory for *bind*: a factory as is, or one made for an engine."""
+    if isinstance(bind, (sessionmaker, async_sessionmaker)):
+        if session_options:
+            raise InvalidOptionError(
+                f"session options {sorted(session_options)} were given with a "
+                "ready-made session factory; set them on the factory instead"
+            )
+        if bind.kw.get("expire_on_commit", True):
+            warnings.warn(
+                "this session factory has expire_on_commit=True: objects a committed "
+                "unit returns are expired and detached, so reading one raises "
+                "DetachedInstanceError. Build it with expire_on_commit=False, or pass "
+                "the engine (with class_= and other session options) to uow instead",
+                UnitOfWorkWarning,
+                stacklevel=3,
+            )
+        return bind
+    if isinstance(bind, AsyncEngine):
+        return async_sessionmaker(bind, **{"expire_on_commit": False, **session_options})
+    if isinstance(bind, Engine):
+        return sessionmaker(bind, **{"expire_on_commit": False, **session_options})
+    raise InvalidOptionError(
+        f"cannot bind units of work to {bind!r}; pass an Engine, AsyncEngine, "
+        "sessionmaker or async_sessionmaker"
+    )
+
+
+def _router(
+    factories: list[sessionmaker[Any] | async_sessionmaker[Any]],
+    routing: Routing | None,
+    primary: sessionmaker[Any] | async_sessionmaker[Any],
+) -> Router | None:
+    """Return the router of *factories* (None without replicas: units cost nothing more)."""
+    if not factories:
+        if routing is not None:
+            raise InvalidOptionError("routing= was given without replicas=; pass the replicas too")
+        return None
+    replicas = [Replica(f, None) for f in factories]
+    dialect = _dialect(primary)
+    for replica in replicas:
+        if _dialect(replica.factory) != dialect:
+            raise InvalidOptionError(
+                f"replica {replica.name} is not a {dialect} database like the primary; "
+                "a replica is a copy of the primary"
+            )
+    return Router(replicas, routing or Routing(), dialect, primary.kw.get("bind"))
+
+
+def _dialect(factory: sessionmaker[Any] | async_sessionmaker[Any]) -> str | None:
+    bind = factory.kw.get("bind")
+    return bind.dialect.name if isinstance(bind, (Engine, AsyncEngine)) else None

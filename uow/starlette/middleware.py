@@ -12,8 +12,9 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _observe, _registry
-from .._async import end_async
+from .._async import end_async, start_async
 from .._options import Propagation, make_options
+from .._replicas import Causal, choose_async, enter_causal, is_disconnect, leave_causal
 from .._timeout import start_clock
 from .._transaction import Binding, Boundary, PendingRoot, serial_tx
 from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit, UnitTimeout
@@ -56,6 +57,12 @@ class UnitOfWorkMiddleware:
     a streaming body, say) raises ``NoActiveUnitOfWork`` — open a unit of
     your own there. Without *manager*, the default one from
     ``uow.configure`` is used.
+
+    Requests whose method is in *read_only_methods* (say ``{"GET", "HEAD"}``;
+    none by default) get a read-only unit: on a manager with replicas it runs
+    on a replica. With *causal_cookie* (a cookie name) a request that
+    committed a write sets that cookie to its causal token, and a request
+    that brings it back reads its own writes (see ``uow.replicas``).
     """
 
     def __init__(
@@ -67,6 +74,8 @@ class UnitOfWorkMiddleware:
         extra_commit_statuses: Iterable[int] = (),
         extra_rollback_statuses: Iterable[int] = (),
         timeout: float | None = None,
+        read_only_methods: Iterable[str] = (),
+        causal_cookie: str | None = None,
     ) -> None:
         if commit_mode not in _MODES:
             raise InvalidOptionError(f"commit_mode={commit_mode!r} is not one of {sorted(_MODES)}")
@@ -82,10 +91,25 @@ class UnitOfWorkMiddleware:
                 "and extra_rollback_statuses; put each status in one of them"
             )
         self.options = make_options(propagation=Propagation.REQUIRES_NEW, timeout=timeout)
+        self.read_only_options = make_options(
+            propagation=Propagation.REQUIRES_NEW, read_only=True, timeout=timeout
+        )
         if timeout is not None and manager is not None:
             start_clock(timeout, manager.dialect_name)  # refuses a database it cannot bound, now
+        if isinstance(read_only_methods, str):
+            raise InvalidOptionError(
+                f"read_only_methods={read_only_methods!r} must be a collection of "
+                "methods, such as {'GET', 'HEAD'}"
+            )
+        cookie_ok = causal_cookie is None or (isinstance(causal_cookie, str) and causal_cookie.isidentifier())
+        if not cookie_ok:
+            raise InvalidOptionError(
+                f"causal_cookie={causal_cookie!r} must be a cookie name such as 'uow_causal'"
+            )
         self.app = app
         self.manager = manager
+        self.read_only_methods = frozenset(m.upper() for m in read_only_methods)
+        self.causal_cookie = causal_cookie
         self.commit_mode = commit_mode
         self.commit_statuses = frozenset(
             s for s in range(100, 600) if (s in _MODES[commit_mode] or s in commit) and s not in rollback
@@ -105,15 +129,24 @@ class UnitOfWorkMiddleware:
             # database is answered; uow.session raises NotConfiguredError in one that does
             await self.app(scope, receive, send)
             return
-        request = _Request(manager, self, scope, receive, send)
+        read_only = scope["method"] in self.read_only_methods
+        request = _Request(manager, self, scope, receive, send, read_only)
+        router = manager.router
+        causal = None
+        if router is not None:
+            # this request's causal position, shared with its threads and tasks
+            request.causal, causal = enter_causal(_cookie(scope, self.causal_cookie))
+            request.cookie = self.causal_cookie
+        routed = router is not None and read_only
         observer = _observe.observer
         observation = None
-        if observer is not None or self.timed or logger.isEnabledFor(logging.DEBUG):
-            # made now, so that its DEBUG record, its span and its budget time the whole request
+        if observer is not None or routed or self.timed or logger.isEnabledFor(logging.DEBUG):
+            # made now, so that its DEBUG record, its span and its budget time the whole
+            # request (and so that a replica can be chosen before the endpoint runs)
             unit = request.boundary()
             if observer is not None:
                 observation = unit.observation = observer.start(
-                    options=self.options,
+                    options=request.options,
                     savepoint=False,
                     db_system=manager.dialect_name,
                     function=None,
@@ -123,10 +156,22 @@ class UnitOfWorkMiddleware:
         token = manager.current.set(request)
         serial = None if manager.is_async else serial_tx.set(request)
         try:
+            if routed:
+                assert router is not None
+                tx = request.boundary().tx
+                tx.replica = await choose_async(router, manager.name)
+                if tx.replica is not None:
+                    # connected now, so that a replica gone away gives way to the primary
+                    # before the endpoint runs, never failing it
+                    await start_async(tx, tx.start_options())
             await self.app(scope, request.receive, request.send)
             if request.outcome is None:
                 await request.end(None)  # the app never started a response: roll back
         except BaseException as exc:
+            made = request.made
+            replica = made.tx.replica if made is not None else None
+            if replica is not None and router is not None and is_disconnect(exc):
+                router.mark_down(replica, exc)  # the requests after this one go elsewhere
             try:
                 await request.end(exc)
             except BaseException as error:
@@ -140,6 +185,8 @@ class UnitOfWorkMiddleware:
             if serial is not None:
                 serial_tx.reset(serial)
             manager.current.reset(token)
+            if causal is not None:
+                leave_causal(causal)
 
     def _failing_startup_without_a_manager(self, send: Send) -> Send:
         """Turn the app's ``lifespan.startup.complete`` into a failure if no manager is configured.
@@ -172,14 +219,30 @@ _COMMITTED = "uow.committed"
 class _Request(PendingRoot):
     """One request's unit (made on first use), and the receive/send wrappers that end it in time."""
 
-    __slots__ = ("_receive", "_send", "commit_mode", "commit_statuses", "disconnected", "scope", "started")
+    __slots__ = (
+        "_receive",
+        "_send",
+        "causal",
+        "commit_mode",
+        "commit_statuses",
+        "cookie",
+        "disconnected",
+        "scope",
+        "started",
+    )
 
     def __init__(
-        self, manager: Binding, middleware: UnitOfWorkMiddleware, scope: Scope, receive: Receive, send: Send
+        self,
+        manager: Binding,
+        middleware: UnitOfWorkMiddleware,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        read_only: bool,
     ) -> None:
         # PendingRoot's fields, set here (one call less per request)
         self.binding = manager
-        self.options = middleware.options
+        self.options = middleware.read_only_options if read_only else middleware.options
         self.direct_end_allowed = middleware.manual  # in manual mode the app commits itself
         self.loop_thread = get_ident()
         self.made = None
@@ -193,6 +256,9 @@ class _Request(PendingRoot):
         self.disconnected = False
         #: set once ``http.response.start`` went on to the server
         self.started = False
+        #: the request's causal position (a manager with replicas), and the cookie that carries it
+        self.causal: Causal | None = None
+        self.cookie: str | None = None
 
     async def receive(self) -> Message:
         """The server's ``receive``, noting a disconnect on the way; uow never calls it by itself."""
@@ -202,30 +268,34 @@ class _Request(PendingRoot):
         return message
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and self.outcome is None:
-            # a client the app has seen leave learns nothing of a commit: roll back
-            commit = message["status"] in self.commit_statuses and not self.disconnected
-            if not self.end_unmade(commit):  # else: the request never used uow, no I/O to do
-                unit = self.made_open()
-                if unit is not None:  # (else made in a thread just now, and ended there)
-                    observation = unit.observation
-                    if unit.tx.session is None and unit.is_bare():
-                        unit.tx.finish(commit)  # made, but the database was never used: no I/O either
-                        if observation is not None:
-                            observation.end(commit, None if commit else "request", None)
-                            observation.decided(self.commit_mode, message["status"], commit, commit)
-                    else:
-                        try:
-                            forwarded = await self._end_before(unit, message, commit)
-                        finally:
+        if message["type"] == "http.response.start":
+            if self.outcome is None:
+                # a client the app has seen leave learns nothing of a commit: roll back
+                commit = message["status"] in self.commit_statuses and not self.disconnected
+                if not self.end_unmade(commit):  # else: the request never used uow, no I/O to do
+                    unit = self.made_open()
+                    if unit is not None:  # (else made in a thread just now, and ended there)
+                        observation = unit.observation
+                        if unit.tx.session is None and unit.is_bare():
+                            unit.tx.finish(commit)  # made, but the database was never used: no I/O
                             if observation is not None:
-                                observation.decided(
-                                    self.commit_mode, message["status"], commit, unit.tx.committed is True
-                                )
-                        if forwarded:
-                            self.started = True
-                            return
+                                observation.end(commit, None if commit else "request", None)
+                                observation.decided(self.commit_mode, message["status"], commit, commit)
+                        else:
+                            try:
+                                forwarded = await self._end_before(unit, message, commit)
+                            finally:
+                                if observation is not None:
+                                    observation.decided(
+                                        self.commit_mode, message["status"], commit, unit.tx.committed is True
+                                    )
+                            if forwarded:
+                                self.started = True
+                                return
             self.started = True
+            causal = self.causal
+            if causal is not None and self.cookie is not None and causal.changed:
+                message = _with_cookie(message, self.cookie, causal.token())
         made = self.made
         if made is not None and made.observation is not None and made.tx.ended:
             with made.observation.outside():  # the response is the request's, not the ended unit's
@@ -333,3 +403,26 @@ def _statuses(name: str, values: Iterable[int]) -> frozenset[int]:
     if bad:
         raise InvalidOptionError(f"{name} has {bad!r}, which are not HTTP status codes (100-599)")
     return statuses
+
+
+#: how long a causal cookie lives: a position older than this has long been replayed
+_COOKIE_MAX_AGE = 600
+
+
+def _cookie(scope: Scope, name: str | None) -> str | None:
+    """Return the value of cookie *name* of the request, if it sent one."""
+    if name is None:
+        return None
+    for key, value in scope["headers"]:
+        if key == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                k, _, v = part.strip().partition("=")
+                if k == name:
+                    return str(v)
+    return None
+
+
+def _with_cookie(start: Message, name: str, token: str | None) -> Message:
+    """Return *start* with a ``Set-Cookie`` header that carries *token*."""
+    cookie = f"{name}={token}; Path=/; Max-Age={_COOKIE_MAX_AGE}; HttpOnly; SameSite=Lax"
+    return {**start, "headers": [*start.get("headers", ()), (b"set-cookie", cookie.encode("latin-1"))]}
