@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 import uow
 import uow.otel
+import uow.replicas
 from tests.conftest import Counter, Item, asyncio_and_trio, make_engine
 from tests.examples import client
 from uow.starlette import BackgroundTask, UnitOfWorkMiddleware
@@ -681,3 +682,26 @@ def test_import_uow_imports_no_opentelemetry() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_unit_on_a_manager_with_replicas_names_the_database_that_served_it(
+    tmp_path: Path, telemetry: Telemetry
+) -> None:
+    (tmp_path / "primary").mkdir()
+    (tmp_path / "replica").mkdir()
+    primary = make_engine("sqlite", tmp_path / "primary")
+    replica = make_engine("sqlite", tmp_path / "replica")
+    manager = uow.UnitOfWorkManager(
+        primary, replicas=[replica], routing=uow.replicas.Routing(read_your_writes="off")
+    )
+    try:
+        with manager.unit_of_work(read_only=True) as session:
+            session.scalar(select(func.count()).select_from(Item))
+        with manager.unit_of_work() as session:
+            session.add(Item(name="on the primary"))
+    finally:
+        primary.dispose()
+        replica.dispose()
+    served = [_attr(span, "uow.served_by") for span in telemetry.spans("uow.unit")]
+    assert served == [replica.url.render_as_string(hide_password=True), manager.name]
+    assert served[0] != served[1]

@@ -219,6 +219,7 @@ async def end_async(
             result.committed,
             rollback_cause(body, plan, result, forced=rollback),
             error if error is not None or result.committed else exc,
+            tx.served_by if tx.binding.router is not None else None,
         )
     raise_after(cancelled, error)
     return error

@@ -36,8 +36,17 @@ class Observation(Protocol):
     def hook_failed(self, fn: Callable[[], Any], error: BaseException, committed: bool) -> None:
         """An ``on_commit`` (*committed*) or ``on_rollback`` hook raised *error*."""
 
-    def end(self, committed: bool, cause: RollbackCause | None, error: BaseException | None) -> None:
-        """The unit ended: committed (released) or rolled back for *cause*; *error* leaves it."""
+    def end(
+        self,
+        committed: bool,
+        cause: RollbackCause | None,
+        error: BaseException | None,
+        served_by: str | None = None,
+    ) -> None:
+        """The unit ended: committed (released) or rolled back for *cause*; *error* leaves it.
+
+        *served_by* names the database that served it, on a manager with replicas.
+        """
 
     def decided(self, commit_mode: str, status: int | None, commit: bool, committed: bool) -> None:
         """A request's unit ended by the middleware's decision (*status*: None if no response started)."""

@@ -204,6 +204,7 @@ def end_sync(
             result.committed,
             rollback_cause(body, plan, result),
             error if error is not None or result.committed else exc,
+            tx.served_by if tx.binding.router is not None else None,
         )
     return error
 

@@ -166,9 +166,17 @@ class _Unit:
             hook["code.function.name"] = name
         self.span.add_event("uow.hook_failed", hook)
 
-    def end(self, committed: bool, cause: RollbackCause | None, error: BaseException | None) -> None:
+    def end(
+        self,
+        committed: bool,
+        cause: RollbackCause | None,
+        error: BaseException | None,
+        served_by: str | None = None,
+    ) -> None:
         span = self.span
         observer = self.observer
+        if served_by is not None:
+            span.set_attribute("uow.served_by", served_by)
         observer.duration.record(perf_counter() - self.start, self.labels)
         if committed:
             observer.committed.add(1, self.labels)
