@@ -73,4 +73,5 @@ def test_without_docs_and_bench_their_tests_skip_and_name_the_extra(tmp_path: Pa
     skips = [line for line in done.stdout.splitlines() if line.startswith("SKIPPED")]
     assert len(skips) == 4, done.stdout
     assert sum("'.[bench]'" in line for line in skips) == 3, skips
-    assert sum("'.[docs]'" in line for line in skips) == 1, skips
+    if sys.version_info >= (3, 11):  # (on 3.10 the site's build skips for a reason of its own)
+        assert sum("'.[docs]'" in line for line in skips) == 1, skips
