@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import Engine, MetaData, select
+from sqlalchemy import Engine, MetaData, Table, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import uow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
@@ -71,7 +72,10 @@ class Outbox:
     of its own, :attr:`table`). *serializer* turns arguments into text (JSON
     by default). *lease* is how long, in seconds, a publisher holds the rows
     it claimed before another may take them (it must outlast publishing one
-    batch). With *publish_on_commit* False only relays publish.
+    batch). With *publish_on_commit* False only relays publish. After the
+    broker refused a publish after commit, units skip publishing for
+    *broker_cooldown* seconds (their messages wait for a relay), so that
+    requests do not each wait for a broker that is down.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class Outbox:
         serializer: Serializer | None = None,
         lease: float = 60.0,
         publish_on_commit: bool = True,
+        broker_cooldown: float = 5.0,
     ) -> None:
         if publisher is None or not callable(getattr(publisher, "publish", None)):
             raise InvalidOptionError(
@@ -99,6 +104,9 @@ class Outbox:
         self.store = Store(self.table, self.serializer)
         self.lease = float(lease)
         self.publish_on_commit = publish_on_commit
+        self.broker_cooldown = float(broker_cooldown)
+        #: time.monotonic() until which units leave their messages to relays (the broker just failed)
+        self._skip_until = 0.0
         self._row = _row_class(self.table)
         self._key = f"uow.outbox.{id(self):x}"
 
@@ -173,25 +181,39 @@ class Outbox:
 
     # --- publishing: the prompt path --------------------------------------------
 
-    def _publish_committed(self, batch: _Batch) -> None:
+    def _starts(self, batch: _Batch) -> bool:
+        """Return True if this hook publishes the batch: its first hook, and the broker not cooling down."""
         if batch.done:
-            return
+            return False
         batch.done = True
+        return time.monotonic() >= self._skip_until
+
+    def _missed(self, error: Exception) -> None:
+        self._skip_until = time.monotonic() + self.broker_cooldown
+        logger.warning(
+            "uow.outbox: publishing after commit failed (%r); the messages stay in the outbox table until "
+            "a relay (python -m uow.outbox relay) publishes them; units leave theirs to relays for %.1f s",
+            error,
+            self.broker_cooldown,
+        )
+
+    def _publish_committed(self, batch: _Batch) -> None:
+        if not self._starts(batch):
+            return
         try:
             for start in range(0, len(batch.ids), _CHUNK):
                 self._pass(batch.ids[start : start + _CHUNK], _CHUNK)
         except Exception as e:
-            _missed(e)
+            self._missed(e)
 
     async def _publish_committed_async(self, batch: _Batch) -> None:
-        if batch.done:
+        if not self._starts(batch):
             return
-        batch.done = True
         try:
             for start in range(0, len(batch.ids), _CHUNK):
                 await self._pass_async(batch.ids[start : start + _CHUNK], _CHUNK)
         except Exception as e:
-            _missed(e)
+            self._missed(e)
 
     # --- one pass: claim, publish, mark -------------------------------------------
 
@@ -346,11 +368,3 @@ def _outcome(messages: list[OutboxMessage], sent: list[str], error: Exception | 
             "the rest stay in the outbox table for the next relay pass"
         ) from error
     return len(sent)
-
-
-def _missed(error: Exception) -> None:
-    logger.warning(
-        "uow.outbox: publishing after commit failed (%r); the messages stay in the outbox table "
-        "until a relay (python -m uow.outbox relay) publishes them",
-        error,
-    )
