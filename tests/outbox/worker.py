@@ -10,7 +10,7 @@ import json
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from sqlalchemy import create_engine, insert
 
 import uow
@@ -37,12 +37,20 @@ def record(self: Any, *args: Any, **kwargs: Any) -> None:
         )
 
 
+@signals.task_prerun.connect
+def every_delivery(task_id: str, task: Any, args: Any, kwargs: Any, **_: Any) -> None:
+    """Record every delivery of the idempotent task, before it decides whether to run."""
+    if task.name == "outbox.record_once":
+        with manager.unit_of_work() as session:
+            session.execute(
+                insert(received).values(
+                    task_id=task_id, task=task.name, args=json.dumps(list(args)), kwargs=json.dumps(kwargs)
+                )
+            )
+
+
 @app.task(bind=True, name="outbox.record_once")
 @idempotent(handled, manager=manager)
 def record_once(self: Any, *args: Any, **kwargs: Any) -> None:
-    manager.session.execute(
-        insert(received).values(
-            task_id=self.request.id, task=self.name, args=json.dumps(args), kwargs=json.dumps(kwargs)
-        )
-    )
+    """Write one effect per task id, however often the id is delivered."""
     manager.session.execute(insert(effects).values(task_id=self.request.id, args=json.dumps(args)))

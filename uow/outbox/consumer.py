@@ -31,12 +31,11 @@ def first_delivery(table: Table, message_id: str, *, manager: UnitOfWorkManager 
         )
     values = {"id": message_id, "handled_at": utcnow()}
     dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt = postgresql.insert(table).values(values).on_conflict_do_nothing()
-        return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
-    if dialect == "sqlite":
-        stmt_lite = sqlite.insert(table).values(values).on_conflict_do_nothing()
-        return bool(session.execute(stmt_lite).rowcount)  # type: ignore[attr-defined]
+    if dialect in ("postgresql", "sqlite"):
+        insert_of = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        # RETURNING, not rowcount: drivers disagree on the rowcount of a skipped conflict
+        stmt = insert_of(table).values(values).on_conflict_do_nothing().returning(table.c.id)
+        return session.execute(stmt).first() is not None
     try:
         with session.begin_nested():
             session.execute(insert(table).values(values))

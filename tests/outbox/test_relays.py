@@ -1,0 +1,136 @@
+"""Relays: several at once share the rows without publishing one twice; consumers deduplicate; SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from celery import Celery
+from sqlalchemy import Engine, MetaData, create_engine, func, select
+
+import uow
+from tests.conftest import pg_url
+from tests.outbox.common import count_received, effects, wait_received
+from tests.outbox.conftest import ROOT, RedisServer, subprocess_env
+from uow.outbox import Outbox, OutboxMessage, outbox_table
+from uow.outbox.celery import CeleryPublisher
+
+pytestmark = pytest.mark.usefixtures("celery_worker")
+
+#: rows the concurrent relays share (the issue's figure; lower it on a slow machine)
+ROWS = int(os.environ.get("UOW_OUTBOX_RELAY_ROWS", "5000"))
+
+
+@pytest.fixture
+def relay_outbox(consumer_engine: Engine) -> Iterator[Outbox]:
+    """tests/outbox/relay_app.py's outbox, on a fresh table (only relays publish it)."""
+    url = pg_url()
+    assert url is not None
+    engine = create_engine(url)
+    table = outbox_table(MetaData(), "outbox_relays")
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    # the same table and no publishing after commit, as relay_app.py; the publisher is never used here
+    yield Outbox(uow.UnitOfWorkManager(engine), publisher=_Refuse(), table=table, publish_on_commit=False)
+    engine.dispose()
+
+
+class _Refuse:
+    def publish(self, message: OutboxMessage) -> None:
+        raise AssertionError("only the relay processes publish in these tests")
+
+
+def enqueue_many(outbox: Outbox, count: int, task: str = "outbox.record") -> list[str]:
+    ids: list[str] = []
+    for start in range(0, count, 1000):
+        with outbox.manager.unit_of_work():
+            ids += [outbox.enqueue(task, n) for n in range(start, min(count, start + 1000))]
+    return ids
+
+
+def relay_process(redis: RedisServer, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "uow.outbox", "relay", "tests.outbox.relay_app:outbox", *args],
+        cwd=ROOT,
+        env=subprocess_env(redis),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def published_count(stderr: str) -> int:
+    found = re.search(r"stopped, (\d+) message\(s\) published", stderr)
+    assert found, stderr
+    return int(found.group(1))
+
+
+def test_three_relays_at_once_publish_every_row_and_none_twice(
+    relay_outbox: Outbox, consumer_engine: Engine, redis_server: RedisServer
+) -> None:
+    ids = enqueue_many(relay_outbox, ROWS)
+    relays = [relay_process(redis_server, "--once", "--batch", "50") for _ in range(3)]
+    counts = []
+    for relay in relays:
+        try:
+            _, err = relay.communicate(timeout=120)
+        finally:
+            if relay.poll() is None:
+                os.killpg(relay.pid, signal.SIGKILL)
+                relay.wait()
+        assert relay.returncode == 0, err.decode()
+        counts.append(published_count(err.decode()))
+    assert sum(counts) == ROWS  # what the relays published adds up: no row went out twice
+    table = relay_outbox.table
+    with relay_outbox.manager.engine.connect() as conn:  # type: ignore[union-attr]
+        assert conn.scalar(select(func.count()).where(table.c.published_at.is_(None))) == 0
+        assert set(conn.scalars(select(table.c.attempts).distinct())) == {1}  # each row claimed once
+    wait_received(consumer_engine, ids, timeout=120)
+    time.sleep(0.5)
+    assert count_received(consumer_engine, ids) == ROWS  # and the worker ran each once
+
+
+def test_a_duplicate_publish_reaches_the_consumer_and_is_handled_once(
+    relay_outbox: Outbox, consumer_engine: Engine, celery_app: Celery
+) -> None:
+    publisher = CeleryPublisher(celery_app)
+    twice = OutboxMessage(id="dup-" + os.urandom(8).hex(), task="outbox.record_once", args=[1], kwargs={})
+    once = OutboxMessage(id="one-" + os.urandom(8).hex(), task="outbox.record_once", args=[2], kwargs={})
+    publisher.publish(twice)
+    publisher.publish(twice)  # at-least-once: the same id, delivered again
+    publisher.publish(once)
+    deadline = time.monotonic() + 30
+    while count_received(consumer_engine, [twice.id, once.id]) < 3:
+        assert time.monotonic() < deadline, "the deliveries never arrived"
+        time.sleep(0.1)
+    time.sleep(0.3)
+    assert count_received(consumer_engine, [twice.id]) == 2  # delivered twice
+    with consumer_engine.connect() as conn:  # handled once
+        handled = conn.execute(
+            select(effects.c.task_id, effects.c.args).where(effects.c.task_id.in_([twice.id, once.id]))
+        )
+        assert sorted(handled) == sorted([(twice.id, "[1]"), (once.id, "[2]")])
+
+
+def test_a_relay_stops_cleanly_on_sigterm(
+    relay_outbox: Outbox, consumer_engine: Engine, redis_server: RedisServer
+) -> None:
+    relay = relay_process(redis_server, "--interval", "0.1")
+    try:
+        ids = enqueue_many(relay_outbox, 10)
+        wait_received(consumer_engine, ids)  # the running relay found them
+        relay.send_signal(signal.SIGTERM)
+        _, err = relay.communicate(timeout=30)
+    finally:
+        if relay.poll() is None:
+            os.killpg(relay.pid, signal.SIGKILL)
+            relay.wait()
+    assert relay.returncode == 0, err.decode()
+    assert "SIGTERM received" in err.decode()
+    assert published_count(err.decode()) == 10
