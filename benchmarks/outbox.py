@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="a sync SQLAlchemy URL (PostgreSQL for several relays)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
     args = parser.parse_args(argv)
-    calls, rounds, rows = (5, 2, 300) if args.smoke else (200, 15, 20000)
+    calls, rounds, rows = (5, 2, 300) if args.smoke else (200, 15, 10000)
     with redis_server() as redis_url:
         costs = enqueue_costs(args.url, redis_url, calls, rounds)
         relay = {

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import uow
 from tests.conftest import async_pg_url, make_engine
 from tests.outbox.common import count_received, received_rows, wait_received
-from uow.outbox import Outbox, outbox_table
+from uow.outbox import Outbox, OutboxError, outbox_table
 from uow.outbox.celery import CeleryPublisher
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -128,3 +128,50 @@ def test_enqueue_refuses_what_it_cannot_serialize_and_works_only_in_a_unit(outbo
         with pytest.raises(uow.outbox.UnserializableArguments):
             outbox.enqueue("outbox.record", when=float("nan"))
     assert isinstance(uuid.UUID(str(uuid.uuid4())), uuid.UUID)
+
+
+def _runs_in_the_worker(*args: Any) -> None:
+    raise AssertionError("runs in the worker, never here")
+
+
+def test_enqueue_takes_a_celery_task_and_refuses_a_read_only_unit(
+    outbox: Outbox, celery_app: Celery, consumer_engine: Engine
+) -> None:
+    # the app's own declaration of the worker's task (once per app)
+    record = celery_app.tasks.get("outbox.record") or celery_app.task(name="outbox.record")(
+        _runs_in_the_worker
+    )
+    with outbox.manager.unit_of_work():
+        sent = outbox.enqueue(record, "by task object")
+    wait_received(consumer_engine, [sent])
+    with outbox.manager.unit_of_work(read_only=True), pytest.raises(OutboxError, match="read_only"):
+        outbox.enqueue(record, "never")
+
+
+def test_a_relay_publishes_what_units_left_on_sqlite_and_postgresql(
+    outbox: Outbox, app_engine: Engine, consumer_engine: Engine
+) -> None:
+    quiet = Outbox(outbox.manager, publisher=outbox.publisher, table=outbox.table, publish_on_commit=False)
+    with quiet.manager.unit_of_work():
+        ids = [quiet.enqueue("outbox.record", n) for n in range(7)]
+    assert unpublished(outbox, app_engine) == set(ids)
+    assert quiet.relay(once=True, batch=3) == 7  # three passes: 3, 3, 1
+    wait_received(consumer_engine, ids)
+    assert unpublished(outbox, app_engine) == set()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_async_relay_publishes_what_async_units_left(
+    async_outbox: Outbox, consumer_engine: Engine
+) -> None:
+    quiet = Outbox(
+        async_outbox.manager,
+        publisher=async_outbox.publisher,
+        table=async_outbox.table,
+        publish_on_commit=False,
+    )
+    async with quiet.manager.unit_of_work():
+        ids = [quiet.enqueue("outbox.record", "async relay", n) for n in range(3)]
+    assert await quiet.relay_async(once=True) == 3
+    wait_received(consumer_engine, ids)

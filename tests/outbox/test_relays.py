@@ -9,16 +9,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from celery import Celery
-from sqlalchemy import Engine, MetaData, create_engine, func, select
+from sqlalchemy import Engine, MetaData, create_engine, func, select, update
 
 import uow
 from tests.conftest import pg_url
 from tests.outbox.common import count_received, effects, wait_received
-from tests.outbox.conftest import ROOT, RedisServer, subprocess_env
-from uow.outbox import Outbox, OutboxMessage, outbox_table
+from tests.outbox.conftest import ROOT, RedisServer, free_port, subprocess_env
+from uow.outbox import Outbox, OutboxMessage, PublishError, outbox_table
+from uow.outbox._message import utcnow
 from uow.outbox.celery import CeleryPublisher
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -134,3 +136,85 @@ def test_a_relay_stops_cleanly_on_sigterm(
     assert relay.returncode == 0, err.decode()
     assert "SIGTERM received" in err.decode()
     assert published_count(err.decode()) == 10
+
+
+def test_rows_of_a_relay_killed_mid_publish_are_taken_over_after_the_lease(
+    consumer_engine: Engine, redis_server: RedisServer
+) -> None:
+    url = pg_url()
+    assert url is not None
+    engine = create_engine(url)
+    table = outbox_table(MetaData(), "outbox_stuck")  # tests/outbox/stuck_app.py's, lease 1 s
+    table.drop(engine, checkfirst=True)
+    table.create(engine)
+    writer = Outbox(uow.UnitOfWorkManager(engine), publisher=_Refuse(), table=table, publish_on_commit=False)
+    ids = enqueue_many(writer, 5)
+    env = subprocess_env(redis_server)
+    command = [sys.executable, "-m", "uow.outbox", "relay"]
+    stuck = subprocess.Popen(
+        [*command, "tests.outbox.stuck_app:stuck"], cwd=ROOT, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 30
+        with engine.connect() as conn:  # the hanging relay claimed the rows
+            while (conn.scalar(select(func.count()).where(table.c.claimed_by.is_not(None))) or 0) < 5:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+                conn.rollback()
+        os.killpg(stuck.pid, signal.SIGKILL)  # dies mid-publish, its claim still on the rows
+        stuck.wait()
+        # a relay takes the rows over once the lease has run out (before that, it finds none free)
+        deadline = time.monotonic() + 30
+        while count_received(consumer_engine, ids) < 5:
+            relay = subprocess.run(
+                [*command, "tests.outbox.stuck_app:outbox", "--once"],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                timeout=60,
+            )
+            assert relay.returncode == 0 and time.monotonic() < deadline, relay.stderr.decode()
+            time.sleep(0.2)
+        with engine.connect() as conn:
+            assert set(conn.scalars(select(table.c.attempts))) == {2}  # claimed by the dead relay, then again
+            assert conn.scalar(select(func.count()).where(table.c.published_at.is_(None))) == 0
+    finally:
+        if stuck.poll() is None:
+            os.killpg(stuck.pid, signal.SIGKILL)
+            stuck.wait()
+        engine.dispose()
+
+
+def test_a_refused_publish_gives_the_rows_back_and_a_once_relay_raises(relay_outbox: Outbox) -> None:
+    closed = Celery("uow_no_broker", broker=f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    try:
+        outbox = Outbox(relay_outbox.manager, publisher=CeleryPublisher(closed), table=relay_outbox.table)
+        ids = enqueue_many(relay_outbox, 3)
+        with pytest.raises(PublishError, match="0 of 3 went out"):
+            outbox.relay(once=True)
+        with pytest.raises(PublishError):
+            outbox.publish_pending()
+        table = relay_outbox.table
+        with relay_outbox.manager.engine.connect() as conn:  # type: ignore[union-attr]
+            rows = conn.execute(select(table.c.id, table.c.claimed_by, table.c.published_at)).all()
+        assert sorted(rows) == sorted((i, None, None) for i in ids)  # unclaimed, waiting
+    finally:
+        closed.close()
+
+
+def test_prune_deletes_only_rows_published_before_the_retention(relay_outbox: Outbox) -> None:
+    ids = enqueue_many(relay_outbox, 4)
+    table = relay_outbox.table
+    now = utcnow()
+    engine = relay_outbox.manager.engine
+    assert engine is not None
+    with engine.begin() as conn:
+        conn.execute(
+            update(table).where(table.c.id.in_(ids[:2])).values(published_at=now - timedelta(days=8))
+        )
+        conn.execute(update(table).where(table.c.id == ids[2]).values(published_at=now - timedelta(days=6)))
+    assert relay_outbox.prune(7 * 24 * 3600) == 2
+    with engine.connect() as conn:
+        assert set(conn.scalars(select(table.c.id))) == set(
+            ids[2:]
+        )  # the recent one, and the unpublished one
