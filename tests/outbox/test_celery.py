@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +177,30 @@ async def test_an_async_relay_publishes_what_async_units_left(
         ids = [quiet.enqueue("outbox.record", "async relay", n) for n in range(3)]
     assert await quiet.relay_async(once=True) == 3
     wait_received(consumer_engine, ids)
+
+
+class _ISODates:
+    """A serializer of the app's own: dates travel as ISO strings; sets are refused."""
+
+    def dumps(self, value: Any) -> str:
+        def default(obj: Any) -> str:
+            if isinstance(obj, date):
+                return obj.isoformat()
+            raise LookupError(f"no encoding for {obj!r}")
+
+        return json.dumps(value, default=default)
+
+    def loads(self, text: str) -> Any:
+        return json.loads(text)
+
+
+def test_a_serializer_of_ones_own_is_used_and_its_refusals_surface_at_enqueue(
+    outbox: Outbox, consumer_engine: Engine
+) -> None:
+    dated = Outbox(outbox.manager, publisher=outbox.publisher, table=outbox.table, serializer=_ISODates())
+    with dated.manager.unit_of_work():
+        sent = dated.enqueue("outbox.record", date(2026, 12, 5), at=date(2027, 1, 1))
+        with pytest.raises(uow.outbox.UnserializableArguments, match="no encoding"):
+            dated.enqueue("outbox.record", {1, 2})
+    wait_received(consumer_engine, [sent])
+    assert received_rows(consumer_engine, [sent])[0][2:] == (["2026-12-05"], {"at": "2027-01-01"})

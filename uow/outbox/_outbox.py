@@ -143,7 +143,7 @@ class Outbox:
         try:
             args_text = self.serializer.dumps(list(args))
             kwargs_text = self.serializer.dumps(kwargs)
-        except (TypeError, ValueError) as e:
+        except Exception as e:  # whatever the serializer refuses, it refuses here
             raise UnserializableArguments(
                 f"the arguments of {name!r} cannot be serialized ({e}); pass plain values (str, int, "
                 "float, bool, None, lists and dicts of them, such as ids) and load objects in the "
