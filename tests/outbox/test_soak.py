@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -74,21 +74,23 @@ class Server:
             start_new_session=True,
         )
         deadline = time.monotonic() + 30
-        while True:
+        while True:  # ready when it answers HTTP (a 404 here)
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                httpx.get(f"http://127.0.0.1:{self.port}/", timeout=5)
                 return
-            except OSError:
+            except httpx.TransportError:
                 assert self.process.poll() is None, "uvicorn exited at start"
                 assert time.monotonic() < deadline, "uvicorn did not start"
                 time.sleep(0.05)
 
-    def revive(self) -> None:
-        """After a failed request: if the server was killed, start it again (once, whoever sees it first)."""
+    def revive(self, seen: int) -> None:
+        """After a request to server number *seen* failed: if it was killed, start the next one (once)."""
         with self.lock:
             assert self.process is not None
+            if seen != self.kills:
+                return  # another client restarted it already
             try:
-                self.process.wait(5)
+                self.process.wait(2)
             except subprocess.TimeoutExpired:
                 return  # still up: the failure was something else, the caller retries
             assert self.process.returncode == -9, self.process.returncode
@@ -129,6 +131,7 @@ def test_a_soak_delivers_exactly_what_was_committed(
 
     def client() -> None:
         while True:
+            seen = server.kills
             with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as http:
                 try:
                     while True:
@@ -136,10 +139,11 @@ def test_a_soak_delivers_exactly_what_was_committed(
                             i = next(numbers, None)
                         if i is None:
                             return
-                        answered[i] = http.post(f"/{kind(i)}/{i}").status_code
-                except httpx.TransportError:
-                    pass
-            server.revive()  # then a new connection
+                        status = answered[i] = http.post(f"/{kind(i)}/{i}").status_code
+                        if status == 500:
+                            break  # uvicorn closes the connection of a request whose app raised
+                except httpx.TransportError:  # the server was killed (the request's fate is unknown)
+                    server.revive(seen)
 
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
     for t in threads:
@@ -148,34 +152,44 @@ def test_a_soak_delivers_exactly_what_was_committed(
         t.join()
     assert server.kills == sum(kind(i) == "kill" for i in range(REQUESTS))
 
-    # a relay publishes what the killed processes committed and never published
-    relay = subprocess.run(
-        [sys.executable, "-m", "uow.outbox", "relay", "tests.outbox.soak_app:outbox", "--once"],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        timeout=120,
-    )
-    assert relay.returncode == 0, relay.stderr.decode()
-
+    # a relay publishes what the killed processes committed and never published, and what they
+    # claimed and may have sent (their claims lapse after soak_app's 2-second lease)
     url = pg_url()
     assert url is not None
     engine = create_engine(url)
     table = outbox_table(MetaData(), "outbox_soak")
-    with engine.connect() as conn:
-        committed = {r.id: json.loads(r.args)[0] for r in conn.execute(select(table.c.id, table.c.args))}
-        assert conn.scalar(select(table.c.id).where(table.c.published_at.is_(None)).limit(1)) is None
-    engine.dispose()
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "uow.outbox", "relay", "tests.outbox.soak_app:outbox", "--interval", "0.2"],
+        cwd=ROOT,
+        env=server.env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        with engine.connect() as conn:
+            while conn.scalar(select(table.c.id).where(table.c.published_at.is_(None)).limit(1)) is not None:
+                assert time.monotonic() < deadline and relay.poll() is None, "rows were left unpublished"
+                conn.rollback()
+                time.sleep(0.2)
+            committed = {r.id: json.loads(r.args)[0] for r in conn.execute(select(table.c.id, table.c.args))}
+            retried = set(conn.scalars(select(table.c.id).where(table.c.attempts > 1)))
+    finally:
+        stop_process(relay)
+        engine.dispose()
     numbers_committed = set(committed.values())
     assert {i for i, status in answered.items() if status == 201} <= numbers_committed
     assert not {i for i, status in answered.items() if status != 201} & numbers_committed
-    assert {i for i, status in answered.items() if status != 201} == {
-        i for i in range(REQUESTS) if kind(i) in ("bad", "fail")
-    }
+    expected = {"ok": 201, "bad": 400, "fail": 500}
+    assert all(status == expected[kind(i)] for i, status in answered.items())
+    assert len(answered) >= REQUESTS - CLIENTS * server.kills  # only requests in flight at a kill are lost
     assert set(answered.values()) == {201, 400, 500}
 
     wait_received(consumer_engine, committed, timeout=180)
     delivered = received_rows(consumer_engine, committed)
     assert {r[0] for r in delivered} == set(committed)  # delivered ids == committed ids
-    assert len(delivered) == len(committed)  # and none twice
+    # a message goes out twice only where its publisher was killed between sending and marking it,
+    # and a relay took it over: claimed twice (at least once, as documented)
+    twice = {message_id for message_id, runs in Counter(r[0] for r in delivered).items() if runs > 1}
+    assert twice <= retried
+    assert len(delivered) == len(committed) + len(twice)
     assert {r[0]: r[2][0] for r in delivered} == committed
