@@ -318,16 +318,21 @@ class Outbox:
         it deletes rows published more than *retention* seconds ago (None:
         never). With *once* it returns as soon as nothing is waiting, and
         raises :class:`PublishError` if the broker refuses a message. On an
-        async manager it runs its own event loop (``relay_async`` is the
-        same loop for code already in one). On SQLite run one relay at a time.
+        async manager it runs its own event loop, and closes the engine's
+        pooled connections when it ends (``relay_async`` is the same loop for
+        code already in one). On SQLite run one relay at a time.
         """
         options = _relay.RelayOptions(once, batch, interval, max_backoff, retention, prune_every)
         stop = stop if stop is not None else threading.Event()
         if self.manager.is_async:
-            return anyio.run(
-                functools.partial(_relay.run_async, self._pass_async_pending, self.prune_async, options, stop)
-            )
+            return anyio.run(self._relay_in_own_loop, options, stop)
         return _relay.run(self.publish_pending, self.prune, options, stop)
+
+    async def _relay_in_own_loop(self, options: _relay.RelayOptions, stop: threading.Event) -> int:
+        try:
+            return await _relay.run_async(self._pass_async_pending, self.prune_async, options, stop)
+        finally:
+            await self.manager.dispose()  # its connections belong to this loop, which ends here
 
     async def relay_async(
         self,
