@@ -192,7 +192,7 @@ def test_an_idempotent_task_runs_once_per_task_id(
     manager, handled, done = consumer
     app = Celery("uow_consumer")
 
-    @app.task(bind=True, name="api.work")
+    @app.task(bind=True, name="api.work", shared=False)
     @idempotent(handled, manager=manager)
     def work(self: Any, n: int) -> str:
         manager.session.execute(insert(done).values(task_id=self.request.id))

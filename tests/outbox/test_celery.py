@@ -140,7 +140,7 @@ def test_enqueue_takes_a_celery_task_and_refuses_a_read_only_unit(
     outbox: Outbox, celery_app: Celery, consumer_engine: Engine
 ) -> None:
     # the app's own declaration of the worker's task (once per app)
-    record = celery_app.tasks.get("outbox.record") or celery_app.task(name="outbox.record")(
+    record = celery_app.tasks.get("outbox.record") or celery_app.task(name="outbox.record", shared=False)(
         _runs_in_the_worker
     )
     with outbox.manager.unit_of_work():
