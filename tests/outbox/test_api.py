@@ -52,7 +52,9 @@ def test_options_and_task_names_are_checked(sqlite_engine: Engine, refused: Cele
         Outbox(manager)
     with pytest.raises(uow.InvalidOptionError, match="lease"):
         Outbox(manager, publisher=CeleryPublisher(refused), lease=0)
-    outbox = Outbox(manager, publisher=CeleryPublisher(refused), table=fresh_table(sqlite_engine))
+    outbox = Outbox(manager, publisher=CeleryPublisher(refused))  # a table on a MetaData of its own
+    outbox.metadata.create_all(sqlite_engine)
+    assert outbox.table.name == "uow_outbox" and outbox.table.metadata is outbox.metadata
     with manager.unit_of_work(), pytest.raises(uow.InvalidOptionError, match="task name"):
         outbox.enqueue(42)
 

@@ -100,6 +100,8 @@ class Outbox:
         self.publisher = publisher
         #: the outbox table (give ``table.metadata`` to Alembic, or create it with ``create_all``)
         self.table = table if table is not None else outbox_table(MetaData())
+        #: the table's metadata (``outbox.metadata.create_all(engine)``)
+        self.metadata: MetaData = self.table.metadata
         self.serializer: Serializer = serializer if serializer is not None else JSONSerializer()
         self.store = Store(self.table, self.serializer)
         self.lease = float(lease)
