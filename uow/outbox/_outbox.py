@@ -135,8 +135,7 @@ class Outbox:
             raise InvalidOptionError(f"task={task!r} must be a task name, or a task with a .name")
         manager = self.manager
         session = manager.current_session()
-        boundary = manager.current.get()
-        assert boundary is not None
+        boundary = _current_boundary(manager)
         if boundary.tx.options.read_only:
             raise OutboxError(
                 "enqueue() was called in a read_only unit, which never commits, so the message "
@@ -354,6 +353,13 @@ class Outbox:
 
     async def _pass_async_pending(self, limit: int) -> int:
         return await self._pass_async(None, limit)
+
+
+def _current_boundary(manager: UnitOfWorkManager) -> Boundary:
+    """The innermost boundary of the caller's unit (``current_session()`` found one)."""
+    boundary = manager.current.get()
+    assert boundary is not None
+    return boundary
 
 
 def _row_class(table: Table) -> Any:
