@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import uow
@@ -131,6 +133,45 @@ def test_only_uow_otel_imports_opentelemetry() -> None:
         }
     )
     assert importing == ["uow.otel"]
+
+
+BROKERS = {"celery", "kombu", "dramatiq", "redis", "arq"}
+
+
+def _top_level_imports(source: str) -> set[str]:
+    return {
+        alias.split(".")[0]
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        if not (isinstance(node, ast.ImportFrom) and node.level)
+        for alias in ([a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""])
+    }
+
+
+def test_only_the_outbox_publishers_import_a_broker() -> None:
+    """A broker library is imported by its own publisher module only; nothing else imports those modules."""
+    publishers = {"uow.outbox.celery", "uow.outbox.dramatiq"}
+    graph = _graph()
+    for name, path in MODULES.items():
+        if name not in publishers:
+            assert not _top_level_imports(path.read_text()) & BROKERS, name
+        assert not graph[name] & publishers, f"{name} imports a publisher module"
+        if not name.startswith("uow.outbox"):
+            assert not {t for t in graph[name] if t.startswith("uow.outbox")}, f"{name} imports the outbox"
+
+
+def test_importing_uow_and_its_outbox_imports_no_broker() -> None:
+    code = (
+        "import sys, uow, uow.outbox, uow.outbox.relay, uow.outbox.consumer\n"
+        f"found = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(BROKERS)!r})\n"
+        "assert not found, found\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE.parent)
+    subprocess.run(
+        [sys.executable, "-c", "import sys, uow; assert 'uow.outbox' not in sys.modules"],
+        check=True,
+        cwd=PACKAGE.parent,
+    )
 
 
 def test_listeners_are_installed_on_every_new_factory_even_where_an_id_is_reused() -> None:
