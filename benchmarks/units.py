@@ -3,8 +3,9 @@ never touches the database, and the thread hand-off that ends a session.
 
     python -m benchmarks.units [--smoke] [--url URL]   # prints JSON; scripts/bench writes it to the page
 
-Variants alternate in short blocks over many rounds (a shared, noisy machine);
-every figure is a median over rounds.
+Variants alternate in short blocks over many rounds, every other round in reverse order (a
+shared, noisy machine: no variant always runs first or last); every figure is a median over
+rounds.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
     }
     out: dict[str, list[float]] = {name: [] for name in [*variants, *async_variants]}
 
-    async def run_async(record: bool) -> None:
-        for name, fn in async_variants.items():
+    async def run_async(record: bool, order: int = 1) -> None:
+        for name, fn in list(async_variants.items())[::order]:
             us = await per_call_us_async(fn, max(calls // 4, 10))
             if record:
                 out[name].append(us)
@@ -74,10 +75,11 @@ def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
     for fn in variants.values():
         per_call_us(fn, calls)  # warm up
     asyncio.run(run_async(record=False))
-    for _ in range(rounds):
-        for name, fn in variants.items():
+    for i in range(rounds):
+        order = -1 if i % 2 else 1  # every other round backwards: no variant keeps one place
+        for name, fn in list(variants.items())[::order]:
             out[name].append(per_call_us(fn, calls))
-        asyncio.run(run_async(record=True))
+        asyncio.run(run_async(record=True, order=order))
     engine.dispose()
     return out
 
@@ -127,8 +129,8 @@ async def no_db_request(url: str, calls: int, rounds: int) -> dict[str, list[flo
     out: dict[str, list[float]] = {name: [] for name in variants}
     for app in variants.values():
         await _asgi(app, calls)
-    for _ in range(rounds):
-        for name, app in variants.items():
+    for i in range(rounds):
+        for name, app in list(variants.items())[:: -1 if i % 2 else 1]:
             out[name].append(await _asgi(app, calls))
     engine.dispose()
     return out
@@ -152,8 +154,8 @@ async def hand_off(calls: int, rounds: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {name: [] for name in variants}
     for fn in variants.values():
         await per_call_us_async(fn, calls)
-    for _ in range(rounds):
-        for name, fn in variants.items():
+    for i in range(rounds):
+        for name, fn in list(variants.items())[:: -1 if i % 2 else 1]:
             out[name].append(await per_call_us_async(fn, calls))
     return out
 
