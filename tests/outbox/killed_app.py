@@ -2,8 +2,9 @@
 
 ``python tests/outbox/killed_app.py N`` prints the N message ids it enqueues,
 commits, and is killed by its first commit hook, which runs before the
-outbox's. ``python -m uow.outbox relay tests.outbox.killed_app:outbox`` then
-finds the rows.
+outbox's. Its rows were written claimed by that publishing hook, for a lease
+of one second; once it ran out, ``python -m uow.outbox relay
+tests.outbox.killed_app:outbox`` finds them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from uow.outbox.celery import CeleryPublisher
 celery_app = Celery("uow_killed_app", broker=os.environ["UOW_TEST_REDIS_URL"])
 manager = uow.UnitOfWorkManager(create_engine(os.environ["UOW_TEST_POSTGRES_URL"]))
 outbox = Outbox(
-    manager, publisher=CeleryPublisher(celery_app), table=outbox_table(MetaData(), "outbox_killed")
+    manager, publisher=CeleryPublisher(celery_app), table=outbox_table(MetaData(), "outbox_killed"), lease=1.0
 )
 
 

@@ -22,7 +22,7 @@ import uow
 from tests.conftest import make_engine, pg_url
 from tests.outbox.conftest import RedisServer, free_port
 from tests.outbox.test_celery import fresh_table
-from uow.outbox import Outbox, OutboxError, first_delivery, handled_table, outbox_table
+from uow.outbox import Outbox, OutboxError, OutboxMessage, first_delivery, handled_table, outbox_table
 from uow.outbox.__main__ import main
 from uow.outbox.celery import CeleryPublisher, idempotent
 
@@ -74,6 +74,39 @@ def test_after_a_refused_publish_units_leave_their_messages_to_relays_for_the_co
         outbox.enqueue("outbox.record", 2)
     assert time.monotonic() - started < 0.5  # no second wait for the broker
     assert count_unpublished(outbox, sqlite_engine) == 2
+
+
+class Recording:
+    """A publisher that keeps the ids it was given."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def publish(self, message: OutboxMessage) -> None:
+        self.sent.append(message.id)
+
+
+def test_rows_are_written_claimed_and_a_unit_that_outlasts_half_the_lease_gives_them_back(
+    sqlite_engine: Engine,
+) -> None:
+    manager = uow.UnitOfWorkManager(sqlite_engine)
+    publisher = Recording()
+    outbox = Outbox(manager, publisher=publisher, table=fresh_table(sqlite_engine), lease=0.4)
+    c = outbox.table.c
+    with manager.unit_of_work():
+        prompt = outbox.enqueue("outbox.record", 1)
+        # written claimed for the lease: no relay may take it before the unit's hook publishes it
+        assert manager.session.execute(select(c.claimed_by)).scalar_one() is not None
+    assert publisher.sent == [prompt]  # published after commit, without a claim of its own
+    with manager.unit_of_work():
+        late = outbox.enqueue("outbox.record", 2)
+        time.sleep(0.25)
+    assert publisher.sent == [prompt]  # too little of the lease left: a relay takes it instead
+    with sqlite_engine.connect() as conn:  # given back at once, not left for the lease to run out
+        rows = conn.execute(select(c.id, c.claimed_until, c.published_at.is_not(None), c.attempts)).all()
+    assert sorted(rows) == sorted([(prompt, None, True, 1), (late, None, False, 1)])
+    assert outbox.relay(once=True) == 1
+    assert publisher.sent == [prompt, late]
 
 
 @pytest.mark.anyio

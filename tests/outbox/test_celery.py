@@ -105,6 +105,10 @@ def test_rolled_back_units_and_savepoints_publish_nothing_ever(
         with pytest.raises(RuntimeError), manager.unit_of_work(propagation="NESTED"):
             lost.append(outbox.enqueue("outbox.record", "in a savepoint that rolls back"))
             raise RuntimeError("the savepoint fails")
+        with pytest.raises(RuntimeError), manager.unit_of_work(propagation="NESTED"):
+            lost.append(outbox.enqueue("outbox.record", "flushed in a savepoint that rolls back"))
+            manager.session.flush()  # its INSERT ran, under the claim of the unit's publishing hook
+            raise RuntimeError("the savepoint fails")
         with manager.unit_of_work(propagation="NESTED"):
             kept.append(outbox.enqueue("outbox.record", "in a savepoint that is released"))
         kept.append(outbox.enqueue("outbox.record", "after the savepoints"))

@@ -7,13 +7,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import MetaData, Table
+from sqlalchemy import MetaData, Table, inspect
 from sqlalchemy.orm import Session, registry
 
 from .._compat import AsyncSession
@@ -44,14 +43,18 @@ _CHUNK = 500
 
 
 class _Batch:
-    """The ids one transaction enqueued, and the boundaries its publishing hook is registered under."""
+    """The messages one transaction enqueued (their rows claimed under *token*), and its hooks' boundaries."""
 
-    __slots__ = ("boundaries", "done", "ids")
+    __slots__ = ("boundaries", "done", "entries", "started", "token")
 
     def __init__(self) -> None:
-        self.ids: list[str] = []
+        #: each message with its row object, whose identity says whether its INSERT committed
+        self.entries: list[tuple[Any, OutboxMessage]] = []
         self.boundaries: list[Boundary] = []
         self.done = False
+        self.token = uuid.uuid4().hex
+        #: time.monotonic() at the first row's claim: the earliest lease ends ``lease`` seconds later
+        self.started = time.monotonic()
 
     def hooked(self, boundary: Boundary | None) -> bool:
         """True if the hook sits under *boundary* or a boundary enclosing it (so it runs if they commit)."""
@@ -60,6 +63,10 @@ class _Batch:
                 return True
             boundary = boundary.parent
         return False
+
+    def committed(self) -> list[OutboxMessage]:
+        """The messages whose rows the commit kept (a rolled-back savepoint's rows lost their identity)."""
+        return [message for row, message in self.entries if inspect(row).has_identity]
 
 
 class Outbox:
@@ -72,7 +79,10 @@ class Outbox:
     of its own, :attr:`table`). *serializer* turns arguments into text (JSON
     by default). *lease* is how long, in seconds, a publisher holds the rows
     it claimed before another may take them (it must outlast publishing one
-    batch). With *publish_on_commit* False only relays publish. After the
+    batch); ``enqueue`` writes its row already claimed by the unit's
+    publishing hook, which publishes only while half that lease is left and
+    gives the rows back otherwise. With *publish_on_commit* False only
+    relays publish (rows are written unclaimed). After the
     broker refused a publish after commit, units skip publishing for
     *broker_cooldown* seconds (their messages wait for a relay), so that
     requests do not each wait for a broker that is down.
@@ -150,23 +160,44 @@ class Outbox:
                 "float, bool, None, lists and dicts of them, such as ids) and load objects in the "
                 "task, or give the Outbox a serializer= that handles them"
             ) from e
-        message_id = str(uuid.uuid4())
+        message_id, now = str(uuid.uuid4()), utcnow()
+        values: dict[str, Any] = {}
+        batch = self._batch(session) if self._publishes_after_commit() else None
+        if batch is not None:
+            # claimed by this transaction's publishing hook from the start: no relay takes the row
+            # before the lease runs out, so after the commit the hook needs no claim of its own
+            values = {"claimed_until": now + timedelta(seconds=self.lease), "claimed_by": batch.token}
         row = self._row(
-            id=message_id, task=name, args=args_text, kwargs=kwargs_text, created_at=utcnow(), attempts=0
+            id=message_id,
+            task=name,
+            args=args_text,
+            kwargs=kwargs_text,
+            created_at=now,
+            attempts=0 if batch is None else 1,
+            **values,
         )
         session.add(row)
-        if self.publish_on_commit:
-            self._remember(manager, session, boundary, message_id)
+        if batch is not None:
+            loads = self.serializer.loads  # the message as a relay would read it back from the row
+            message = OutboxMessage(
+                id=message_id, task=name, args=loads(args_text), kwargs=loads(kwargs_text), created_at=now
+            )
+            batch.entries.append((row, message))
+            self._hook(manager, batch, boundary)
         return message_id
 
-    def _remember(
-        self, manager: UnitOfWorkManager, session: Session | AsyncSession, boundary: Boundary, message_id: str
-    ) -> None:
+    def _publishes_after_commit(self) -> bool:
+        """True unless only relays publish, or the broker is cooling down."""
+        return self.publish_on_commit and time.monotonic() >= self._skip_until
+
+    def _batch(self, session: Session | AsyncSession) -> _Batch:
         info = (session if isinstance(session, Session) else session.sync_session).info
         batch: _Batch | None = info.get(self._key)
         if batch is None:
             batch = info[self._key] = _Batch()
-        batch.ids.append(message_id)
+        return batch
+
+    def _hook(self, manager: UnitOfWorkManager, batch: _Batch, boundary: Boundary) -> None:
         if batch.hooked(boundary):
             return
         # under the current boundary: a savepoint that rolls back drops it (and its rows are gone too)
@@ -182,13 +213,6 @@ class Outbox:
 
     # --- publishing: the prompt path --------------------------------------------
 
-    def _starts(self, batch: _Batch) -> bool:
-        """Return True if this hook publishes the batch: its first hook, and the broker not cooling down."""
-        if batch.done:
-            return False
-        batch.done = True
-        return time.monotonic() >= self._skip_until
-
     def _missed(self, error: Exception) -> None:
         self._skip_until = time.monotonic() + self.broker_cooldown
         logger.warning(
@@ -198,23 +222,47 @@ class Outbox:
             self.broker_cooldown,
         )
 
+    def _chunks(self, batch: _Batch) -> list[list[OutboxMessage]]:
+        """The batch's committed messages in chunks; [] if its hook already ran."""
+        if batch.done:
+            return []
+        batch.done = True
+        messages = batch.committed()
+        return [messages[start : start + _CHUNK] for start in range(0, len(messages), _CHUNK)]
+
+    def _in_time(self, batch: _Batch) -> bool:
+        """True if the broker is not cooling down and half the lease is left: time to publish a chunk."""
+        return self._publishes_after_commit() and time.monotonic() - batch.started < self.lease / 2
+
     def _publish_committed(self, batch: _Batch) -> None:
-        if not self._starts(batch):
-            return
+        factory = self.manager.session_factory
+        error: Exception | None = None
         try:
-            for start in range(0, len(batch.ids), _CHUNK):
-                self._pass(batch.ids[start : start + _CHUNK], _CHUNK)
+            for chunk in self._chunks(batch):
+                sent: list[str] = []
+                if error is None and self._in_time(batch):
+                    sent, error = self._send(chunk)
+                with factory() as session, session.begin():  # mark what went out, give back the rest
+                    self._settle_sync(session, chunk, sent, batch.token)
         except Exception as e:
-            self._missed(e)
+            error = e
+        if error is not None:
+            self._missed(error)
 
     async def _publish_committed_async(self, batch: _Batch) -> None:
-        if not self._starts(batch):
-            return
+        factory = self.manager.session_factory
+        error: Exception | None = None
         try:
-            for start in range(0, len(batch.ids), _CHUNK):
-                await self._pass_async(batch.ids[start : start + _CHUNK], _CHUNK)
+            for chunk in self._chunks(batch):
+                sent: list[str] = []
+                if error is None and self._in_time(batch):
+                    sent, error = await anyio.to_thread.run_sync(self._send, chunk)
+                async with factory() as session, session.begin():
+                    await session.run_sync(self._settle_sync, chunk, sent, batch.token)
         except Exception as e:
-            self._missed(e)
+            error = e
+        if error is not None:
+            self._missed(error)
 
     # --- one pass: claim, publish, mark -------------------------------------------
 
@@ -226,18 +274,17 @@ class Outbox:
         """
         if self.manager.is_async:
             raise OutboxError("this outbox's manager is async: await outbox.publish_pending_async()")
-        return self._pass(None, limit)
+        return self._pass(limit)
 
     async def publish_pending_async(self, limit: int = 100) -> int:
         """:meth:`publish_pending` for an outbox on an ``AsyncEngine``."""
-        return await self._pass_async(None, limit)
+        return await self._pass_async(limit)
 
-    def _pass(self, ids: Sequence[str] | None, limit: int) -> int:
+    def _pass(self, limit: int) -> int:
         store, token, now = self.store, uuid.uuid4().hex, utcnow()
         factory = self.manager.session_factory
         with factory() as session, session.begin():
-            if ids is None:
-                ids = list(session.scalars(store.candidates(now, limit)))
+            ids = list(session.scalars(store.candidates(now, limit)))
             rows = session.execute(store.claim(ids, now, self.lease, token)).all() if ids else []
         if not rows:
             return 0
@@ -256,12 +303,11 @@ class Outbox:
         if unsent:
             session.execute(self.store.release(unsent, token))
 
-    async def _pass_async(self, ids: Sequence[str] | None, limit: int) -> int:
+    async def _pass_async(self, limit: int) -> int:
         store, token, now = self.store, uuid.uuid4().hex, utcnow()
         factory = self.manager.session_factory
         async with factory() as session, session.begin():
-            if ids is None:
-                ids = list(await session.scalars(store.candidates(now, limit)))
+            ids = list(await session.scalars(store.candidates(now, limit)))
             rows = (await session.execute(store.claim(ids, now, self.lease, token))).all() if ids else []
         if not rows:
             return 0
@@ -331,7 +377,7 @@ class Outbox:
 
     async def _relay_in_own_loop(self, options: _relay.RelayOptions, stop: threading.Event) -> int:
         try:
-            return await _relay.run_async(self._pass_async_pending, self.prune_async, options, stop)
+            return await _relay.run_async(self._pass_async, self.prune_async, options, stop)
         finally:
             await self.manager.dispose()  # its connections belong to this loop, which ends here
 
@@ -349,10 +395,7 @@ class Outbox:
         """:meth:`relay` for an outbox on an ``AsyncEngine``, in the caller's event loop."""
         options = _relay.RelayOptions(once, batch, interval, max_backoff, retention, prune_every)
         stop = stop if stop is not None else threading.Event()
-        return await _relay.run_async(self._pass_async_pending, self.prune_async, options, stop)
-
-    async def _pass_async_pending(self, limit: int) -> int:
-        return await self._pass_async(None, limit)
+        return await _relay.run_async(self._pass_async, self.prune_async, options, stop)
 
 
 def _current_boundary(manager: UnitOfWorkManager) -> Boundary:

@@ -1,10 +1,11 @@
 """The outbox table's statements, and running them on a sync or async session.
 
-Every row moves: written (unpublished) → claimed for a lease → published
-(or released back when the broker refused it) → pruned after the retention.
-A claim is one UPDATE that only takes rows still unpublished and unclaimed
-(or whose lease ran out), so a prompt publisher and any number of relays
-never hold the same row at once; relays first lock their candidates with
+Every row moves: written (unclaimed, or already claimed for a lease by the
+unit's publishing hook) → claimed for a lease by a relay → published (or
+released back when the broker refused it) → pruned after the retention. A
+claim is one UPDATE that only takes rows still unpublished and unclaimed (or
+whose lease ran out), so a prompt publisher and any number of relays never
+hold the same row at once; relays first lock their candidates with
 ``SELECT ... FOR UPDATE SKIP LOCKED`` (PostgreSQL) so they never wait on each other.
 """
 
