@@ -96,6 +96,7 @@ def test_rows_are_written_claimed_and_a_unit_that_outlasts_half_the_lease_gives_
     with manager.unit_of_work():
         prompt = outbox.enqueue("outbox.record", 1)
         # written claimed for the lease: no relay may take it before the unit's hook publishes it
+        manager.session.flush()  # (SQLAlchemy 2.0 does not autoflush before a Core select)
         assert manager.session.execute(select(c.claimed_by)).scalar_one() is not None
     assert publisher.sent == [prompt]  # published after commit, without a claim of its own
     with manager.unit_of_work():
