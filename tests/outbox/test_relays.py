@@ -25,7 +25,7 @@ from uow.outbox.celery import CeleryPublisher
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
-#: rows the concurrent relays share (the issue's figure; lower it on a slow machine)
+#: rows the concurrent relays share (lower it on a slow machine)
 ROWS = int(os.environ.get("UOW_OUTBOX_RELAY_ROWS", "5000"))
 
 

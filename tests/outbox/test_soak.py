@@ -119,7 +119,7 @@ def server(redis_server: RedisServer, consumer_engine: Engine, tmp_path: Path) -
         log.close()
 
 
-@pytest.mark.timeout(120 + REQUESTS // 15)  # the 10,000 runs longer than the suite's 120 s
+@pytest.mark.timeout(120 + REQUESTS // 15)  # 10,000 requests run longer than the suite's 120 s
 def test_a_soak_delivers_exactly_what_was_committed(
     server: Server, consumer_engine: Engine, redis_server: RedisServer
 ) -> None:
