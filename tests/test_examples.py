@@ -9,6 +9,7 @@ URLs the examples use land there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -33,6 +35,48 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Served:
+    """A uvicorn process serving an example: its base URL, and its output once it stopped."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.log = ""
+
+
+@contextlib.contextmanager
+def uvicorn_running(app: str, cwd: Path, env: dict[str, str], probe: str) -> Iterator[Served]:
+    """Run ``uvicorn app`` in *cwd* on a free port until the block ends; GET *probe* to wait for it."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    served = Served(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(served.base + probe, timeout=1)
+                break
+            except httpx.TransportError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    server.kill()
+                    pytest.fail(f"uvicorn did not start:\n{server.communicate()[0]}")
+                time.sleep(0.1)
+        yield served
+    finally:
+        server.terminate()
+        try:
+            served.log = server.communicate(timeout=20)[0]
+        except subprocess.TimeoutExpired:
+            server.kill()
+            served.log = server.communicate()[0]
 
 
 # --- quick start -------------------------------------------------------------
@@ -84,38 +128,11 @@ async def test_quickstart_fastapi_commits_a_row(load_example: Load, tmp_path: Pa
 def test_quickstart_fastapi_under_uvicorn(tmp_path: Path) -> None:
     """What the quick start tells a newcomer to do: run it with uvicorn, POST, find the row."""
     shutil.copy(EXAMPLES / "quickstart" / "fastapi_app.py", tmp_path / "fastapi_app.py")
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/users", timeout=1)
-                break
-            except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    server.kill()
-                    pytest.fail(f"uvicorn did not start:\n{server.communicate()[0]}")
-                time.sleep(0.1)
-        response = httpx.post(f"{base}/users", params={"email": "ada@example.com"}, timeout=10)
+    with uvicorn_running("fastapi_app:app", tmp_path, env, "/users") as served:
+        response = httpx.post(f"{served.base}/users", params={"email": "ada@example.com"}, timeout=10)
         assert response.status_code == 201, response.text
-        assert httpx.get(f"{base}/users", timeout=10).json() == [{"id": 1, "email": "ada@example.com"}]
-    finally:
-        server.terminate()
-        try:
-            server.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.communicate()
+        assert httpx.get(f"{served.base}/users", timeout=10).json() == [{"id": 1, "email": "ada@example.com"}]
     assert rows(tmp_path / "app.db", "SELECT id, email FROM users") == [(1, "ada@example.com")]
 
 
@@ -393,38 +410,11 @@ def test_observability_timeouts_under_uvicorn(tmp_path: Path) -> None:
         check=True,
         timeout=60,
     )
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "timeouts:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{base}/", timeout=1)
-                break
-            except httpx.TransportError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    server.kill()
-                    pytest.fail(f"uvicorn did not start:\n{server.communicate()[0]}")
-                time.sleep(0.1)
+    with uvicorn_running("timeouts:app", tmp_path, env, "/") as served:
         started = time.monotonic()
-        response = httpx.post(f"{base}/report", timeout=30)
+        response = httpx.post(f"{served.base}/report", timeout=30)
         assert 1.0 <= time.monotonic() - started < 15
         assert response.status_code == 503, response.text
         assert "ran out of time" in response.text
-    finally:
-        server.terminate()
-        try:
-            log = server.communicate(timeout=20)[0]
-        except subprocess.TimeoutExpired:
-            server.kill()
-            log = server.communicate()[0]
-    assert "UnitTimeout" in log  # the server logged the error, after the 503 went out
+    assert "UnitTimeout" in served.log  # the server logged the error, after the 503 went out
     assert rows(tmp_path / "timeouts.db", "SELECT title FROM reports") == []

@@ -25,15 +25,10 @@ from sqlalchemy import Engine, create_engine
 
 from tests.conftest import REQUIRE_PG, pg_url
 from tests.outbox.common import consumer_metadata, wait_received
+from tests.pgcluster import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 import uow
 from tests.conftest import make_engine, pg_url
-from tests.outbox.conftest import RedisServer, free_port
+from tests.outbox.conftest import RedisServer
 from tests.outbox.test_celery import fresh_table
+from tests.pgcluster import free_port
 from uow.outbox import Outbox, OutboxError, OutboxMessage, first_delivery, handled_table, outbox_table
 from uow.outbox.__main__ import main
 from uow.outbox.celery import CeleryPublisher, idempotent

@@ -18,7 +18,8 @@ from sqlalchemy import Engine, MetaData, create_engine, func, select, update
 import uow
 from tests.conftest import pg_url
 from tests.outbox.common import count_received, effects, wait_received
-from tests.outbox.conftest import ROOT, RedisServer, free_port, subprocess_env
+from tests.outbox.conftest import ROOT, RedisServer, subprocess_env
+from tests.pgcluster import free_port
 from uow.outbox import Outbox, OutboxMessage, PublishError, outbox_table
 from uow.outbox._message import utcnow
 from uow.outbox.celery import CeleryPublisher

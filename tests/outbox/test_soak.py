@@ -22,7 +22,8 @@ from sqlalchemy import Engine, MetaData, create_engine, select
 
 from tests.conftest import pg_url
 from tests.outbox.common import received_rows, wait_received
-from tests.outbox.conftest import ROOT, RedisServer, free_port, stop_process, subprocess_env
+from tests.outbox.conftest import ROOT, RedisServer, stop_process, subprocess_env
+from tests.pgcluster import free_port
 from uow.outbox import outbox_table
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
