@@ -26,7 +26,14 @@ from ._observe import RollbackCause
 from ._options import Propagation, UnitOptions
 from ._timeout import Clock, database_timeout
 from ._transaction import Boundary, Hook, Transaction, has_pending_writes
-from .exceptions import HookError, PropagationError, ReadOnlyViolation, UnexpectedRollback, UnitTimeout
+from .exceptions import (
+    HookError,
+    PropagationError,
+    ReadOnlyViolation,
+    UnexpectedRollback,
+    UnitTimeout,
+    causes,
+)
 
 __all__ = [
     "Action",
@@ -311,18 +318,6 @@ _MYSQL_DEADLOCK_CODES = frozenset({1213, 1205})
 _SQLITE_BUSY_CODES = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary codes)
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or any(e is s for s in seen):
-            continue
-        seen.append(e)
-        todo.extend((getattr(e, "orig", None), e.__cause__, e.__context__))
-    return seen
-
-
 def is_transient(exc: BaseException, extra: tuple[TransientPredicate, ...] = ()) -> bool:
     """Return True for errors a re-run may cure: serialization failure, deadlock, busy.
 
@@ -330,7 +325,7 @@ def is_transient(exc: BaseException, extra: tuple[TransientPredicate, ...] = ())
     """
     if isinstance(exc, UnitTimeout):
         return False
-    for e in _causes(exc):
+    for e in causes(exc):
         code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
         if isinstance(code, str) and code in _TRANSIENT_SQLSTATES:
             return True

@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 
-from .exceptions import TimeoutUnsupported, UnitTimeout
+from .exceptions import TimeoutUnsupported, UnitTimeout, causes
 
 __all__ = ["SUPPORTED_DIALECTS", "Clock", "arm", "database_timeout", "start_clock"]
 
@@ -122,7 +122,7 @@ def arm(clock: Clock, connection: Connection, dialect_name: str | None) -> None:
 
 def database_timeout(exc: BaseException) -> str | None:
     """Return how the database stopped a statement for its time limit, or None if *exc* is not that."""
-    for e in _causes(exc):
+    for e in causes(exc):
         code = getattr(e, "sqlstate", None) or getattr(e, "pgcode", None)
         if isinstance(code, str) and code in _PG_TIMEOUT_SQLSTATES:
             return f"PostgreSQL's {_PG_TIMEOUT_SQLSTATES[code]}"
@@ -131,18 +131,6 @@ def database_timeout(exc: BaseException) -> str | None:
         ):
             return "SQLite interrupted it"
     return None
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or any(e is s for s in seen):
-            continue
-        seen.append(e)
-        todo.extend((getattr(e, "orig", None), e.__cause__, e.__context__))
-    return seen
 
 
 def _milliseconds(seconds: float) -> int:

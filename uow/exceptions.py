@@ -160,3 +160,16 @@ class HookError(UnitOfWorkError):
     The unit's outcome stands: a commit is not undone. The hook's exception is
     the ``__cause__``; the other hooks still ran.
     """
+
+
+def causes(exc: BaseException) -> list[BaseException]:
+    """Return *exc* and what lies under it: the DBAPI error (``.orig``), its causes and contexts."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo.extend((getattr(e, "orig", None), e.__cause__, e.__context__))
+    return seen
