@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import threading
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -15,6 +18,7 @@ import pytest
 from fastapi import BackgroundTasks as FastAPIBackgroundTasks
 from fastapi import Depends, FastAPI
 from sqlalchemy import Engine, event, select, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.background import BackgroundTasks
@@ -768,3 +772,107 @@ async def test_behind_base_http_middleware_a_body_read_after_the_commit_reaches_
             response = await c.post("/echo", content=b"hello")
     assert (response.status_code, response.text) == (200, "hello")
     assert names(engine) == ["x"]
+
+
+# --- a request's root: found through one context variable, whatever the manager --------------
+
+
+@pytest.mark.anyio
+async def test_a_not_supported_block_in_a_request_sees_no_unit(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    seen: dict[str, bool] = {}
+
+    @uow.transactional(propagation=uow.Propagation.NOT_SUPPORTED)
+    def outside_sync() -> bool:
+        return manager.in_unit()
+
+    @uow.transactional(propagation=uow.Propagation.NOT_SUPPORTED)
+    async def outside_async() -> bool:
+        return manager.in_unit()
+
+    async def endpoint(request: Request) -> Response:
+        seen["before"] = manager.in_unit()
+        seen["async"] = await outside_async()
+        seen["thread"] = await uow.run_sync(outside_sync)
+        with pytest.raises(uow.NoActiveUnitOfWork):
+            async with uow.unit_of_work(propagation=uow.Propagation.NOT_SUPPORTED):
+                uow.session.add(Item(name="no unit here"))
+        seen["after"] = manager.in_unit()
+        await uow.run_sync(lambda: uow.session.add(Item(name="the request's")))
+        return PlainTextResponse("", status_code=201)
+
+    async with client(starlette_app(Route("/", endpoint, methods=["POST"]))) as c:
+        assert (await c.post("/")).status_code == 201
+    assert seen == {"before": True, "async": False, "thread": False, "after": True}
+    assert names(engine) == ["the request's"]
+
+
+@pytest.mark.anyio
+async def test_nested_middlewares_of_one_manager_give_the_endpoint_the_inner_unit(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """The inner middleware's unit is the innermost: it serves the endpoint and commits first."""
+    log: list[str] = []
+
+    def endpoint(request: Request) -> Response:
+        uow.session.add(Item(name="inner"))
+        return PlainTextResponse("", status_code=201)
+
+    def on_commit(conn: Any) -> None:
+        log.append("COMMIT")
+
+    inner = UnitOfWorkMiddleware(Starlette(routes=[Route("/", endpoint, methods=["POST"])]))
+    app = UnitOfWorkMiddleware(Recorder(inner, log))
+    event.listen(engine, "commit", on_commit)
+    async with client(app) as c:
+        assert (await c.post("/")).status_code == 201
+    assert names(engine) == ["inner"]
+    # one COMMIT, the inner unit's, before the start left it; the outer unit was never made
+    assert log == ["COMMIT", "response.start 201"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("outer_kind", ["none", "async engine"])
+async def test_run_sync_in_a_request_of_a_non_default_manager_is_serialized(
+    engine: Engine, tmp_path: Path, outer_kind: str
+) -> None:
+    """Concurrent run_sync calls share the request's sync session one at a time.
+
+    The manager is not the default one, and another manager's middleware (an
+    async engine's) may sit outside it: the request's root is found all the same.
+    """
+    own = uow.UnitOfWorkManager(engine)
+    intervals: list[tuple[float, float]] = []
+
+    def work(i: int) -> None:
+        start = time.perf_counter()
+        own.session.add(Item(name=f"item{i:02}"))
+        time.sleep(0.01)  # long enough for unserialized calls to overlap
+        own.session.flush()
+        intervals.append((start, time.perf_counter()))
+
+    async def endpoint(request: Request) -> Response:
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(uow.run_sync, work, i)
+        return PlainTextResponse("", status_code=201)
+
+    app: ASGIApp = UnitOfWorkMiddleware(
+        Starlette(routes=[Route("/", endpoint, methods=["POST"])]), manager=own
+    )
+    other = None
+    if outer_kind == "async engine":
+        other = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
+        app = UnitOfWorkMiddleware(app, manager=uow.UnitOfWorkManager(other))
+    try:
+        async with client(app) as c:
+            assert (await c.post("/")).status_code == 201
+    finally:
+        if other is not None:
+            await other.dispose()
+    intervals.sort()
+    assert len(intervals) == 8
+    for (_, end), (next_start, _) in itertools.pairwise(intervals):
+        assert end <= next_start, "two threads used the request's session at the same time"
+    assert len(names(engine)) == 8

@@ -39,7 +39,17 @@ from ._options import UnitOptions, check_joinable
 from ._replicas import choose_async, is_disconnect, record_async
 from ._sync import end_savepoint, end_session
 from ._threads import finish, raise_after, session_thread, shielded
-from ._transaction import Binding, Boundary, Hook, PendingRoot, Transaction, live, log_end, serial_tx
+from ._transaction import (
+    SUSPENDED,
+    Binding,
+    Boundary,
+    Current,
+    Hook,
+    Transaction,
+    live,
+    log_end,
+    serial_tx,
+)
 from .exceptions import HookError
 
 __all__ = ["AsyncBlock", "end_async", "run_hooks_async", "start_async"]
@@ -77,18 +87,18 @@ class AsyncBlock:
         self.function = function
         self.retried = retried
         self.boundary: Boundary | None = None
-        self.token: Token[Boundary | PendingRoot | None] | None = None
-        self.serial_token: Token[Transaction | PendingRoot | None] | None = None
+        self.token: Token[Current] | None = None
+        self.serial_token: Token[Transaction | None] | None = None
 
     async def __aenter__(self) -> Boundary | None:
         binding = self.binding
         options = self.options
-        current = live(binding.current.get())
+        current = live(binding.innermost())
         action = self.action = entering(options, current is not None)
         if action is Action.NONE:
             return None
         if action is Action.SUSPEND:
-            self.token = binding.current.set(None)
+            self.token = binding.current.set(SUSPENDED)
             return None
         if action is Action.BEGIN:
             tx = Transaction(binding, options, driven_async=True, outer=current.tx if current else None)

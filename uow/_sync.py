@@ -31,7 +31,17 @@ from ._decisions import (
 from ._observe import Observation
 from ._options import UnitOptions, check_joinable
 from ._replicas import choose_sync, is_disconnect, record_sync
-from ._transaction import Binding, Boundary, Hook, PendingRoot, Transaction, live, log_end, logger
+from ._transaction import (
+    SUSPENDED,
+    Binding,
+    Boundary,
+    Current,
+    Hook,
+    Transaction,
+    live,
+    log_end,
+    logger,
+)
 from .exceptions import BlockingSessionUse, HookError, SessionKindError
 
 __all__ = ["SyncBlock", "end_savepoint", "end_session", "end_sync", "run_hooks"]
@@ -59,17 +69,17 @@ class SyncBlock:
         self.function = function
         self.retried = retried
         self.boundary: Boundary | None = None
-        self.token: Token[Boundary | PendingRoot | None] | None = None
+        self.token: Token[Current] | None = None
 
     def __enter__(self) -> Boundary | None:
         binding = self.binding
         options = self.options
-        current = live(binding.current.get())
+        current = live(binding.innermost())
         action = self.action = entering(options, current is not None)
         if action is Action.NONE:
             return None
         if action is Action.SUSPEND:
-            self.token = binding.current.set(None)
+            self.token = binding.current.set(SUSPENDED)
             return None
         if binding.is_async:
             raise SessionKindError(

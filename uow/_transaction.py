@@ -55,7 +55,20 @@ from .exceptions import (
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-__all__ = ["Binding", "Boundary", "Hook", "PendingRoot", "Status", "Transaction", "live", "serial_tx"]
+__all__ = [
+    "SUSPENDED",
+    "Binding",
+    "Boundary",
+    "Current",
+    "Hook",
+    "PendingRoot",
+    "Status",
+    "Transaction",
+    "live",
+    "request_root",
+    "serial_tx",
+    "sync_request_root",
+]
 
 logger = logging.getLogger("uow")
 P = ParamSpec("P")
@@ -123,10 +136,9 @@ class Binding:
         self.retry_backoff = retry_backoff
         #: a direct commit()/rollback() on a unit's session raises instead of warning
         self.strict = strict
-        #: the innermost open boundary of each context (a request's root may still be pending)
-        self.current: ContextVar[Boundary | PendingRoot | None] = ContextVar(
-            f"uow_unit_{id(self):x}", default=None
-        )
+        #: the innermost open boundary of each context; unset, a request's root stands in
+        #: (see :meth:`innermost`)
+        self.current: ContextVar[Current] = ContextVar(f"uow_unit_{id(self):x}", default=None)
         #: set by uow.testing: commit hooks are captured here instead of run
         self.hook_sink: list[Hook] | None = None
         #: set by uow.testing: sessions run inside a test's outer transaction
@@ -137,13 +149,23 @@ class Binding:
         for replica in router.replicas if router is not None else ():
             guard_replica_sessions(_guard_sessions_of(replica.factory))
 
+    def innermost(self) -> Boundary | PendingRoot | None:
+        """Return the innermost unit of the caller's context: its own, else a request's root."""
+        current = self.current.get()
+        if current is None:
+            root = request_root.get()
+            while root is not None and root.binding is not self:
+                root = root.outer
+            return root
+        return None if current is SUSPENDED else current
+
     def in_unit(self) -> bool:
         """Return True if a unit of this manager is open in the caller's context."""
-        return live(self.current.get()) is not None
+        return live(self.innermost()) is not None
 
     def current_boundary(self) -> Boundary | None:
         """Return the innermost boundary of the caller's context, ended or not (made if pending)."""
-        current = self.current.get()
+        current = self.innermost()
         if isinstance(current, PendingRoot):
             return current.boundary()
         return current
@@ -201,7 +223,7 @@ class Binding:
         if when_no_unit not in allowed:
             raise InvalidOptionError(f"when_no_unit={when_no_unit!r} must be one of {allowed}")
         is_async = is_async_callable(fn)
-        boundary = live(self.current.get())
+        boundary = live(self.innermost())
         if boundary is None:
             if when_no_unit == "raise":
                 kind = "on_commit" if commit else "on_rollback"
@@ -471,9 +493,9 @@ class Transaction:
             return fn(*args, **kwargs)
 
 
-#: the innermost async-driven transaction whose session is sync (or a request's pending root);
-#: run_sync serializes on it
-serial_tx: ContextVar[Transaction | PendingRoot | None] = ContextVar("uow_serial_tx", default=None)
+#: the innermost async-driven transaction whose session is sync; run_sync serializes on it
+#: (unset: on the innermost request's root whose session is sync, see :func:`sync_request_root`)
+serial_tx: ContextVar[Transaction | None] = ContextVar("uow_serial_tx", default=None)
 
 
 class Boundary:
@@ -546,23 +568,31 @@ class PendingRoot:
     :class:`Transaction` and root :class:`Boundary` are made on first use
     (``uow.session``, ``provide_session``, ``on_commit``, a nested unit),
     possibly in a worker thread: the event loop's thread is recorded up front.
+
+    A subclass (the middleware's request) sets :attr:`binding` and
+    :attr:`loop_thread`, and :attr:`outer` when there is one; the fields that
+    rarely differ are class attributes (no ``__slots__``), so that a request
+    makes the fewest stores.
     """
 
-    __slots__ = ("binding", "direct_end_allowed", "loop_thread", "made", "options", "outcome")
+    #: the manager whose unit this is
+    binding: Binding
+    #: the event loop's thread (the root may be made in a worker thread)
+    loop_thread: int
 
-    def __init__(
-        self, binding: Binding, direct_end_allowed: bool, options: UnitOptions = ROOT_OPTIONS
-    ) -> None:
-        self.binding = binding
-        #: the root's options: a new transaction of its own, whatever the caller's context holds
-        self.options = options
-        #: True where the code ends the transaction itself (the middleware's manual mode)
-        self.direct_end_allowed = direct_end_allowed
-        self.loop_thread = threading.get_ident()
-        #: the root boundary, once made
-        self.made: Boundary | None = None
-        #: the outcome the end chose (True: commit), None while the unit is open
-        self.outcome: bool | None = None
+    #: True where the code ends the transaction itself (the middleware's manual mode)
+    direct_end_allowed = False
+    #: the enclosing request's root (another middleware's, outside this one), if any
+    outer: PendingRoot | None = None
+    #: the root boundary, once made
+    made: Boundary | None = None
+    #: the outcome the end chose (True: commit), None while the unit is open
+    outcome: bool | None = None
+
+    @property
+    def options(self) -> UnitOptions:
+        """The root's options: a new transaction of its own, whatever the caller's context holds."""
+        return ROOT_OPTIONS
 
     def boundary(self) -> Boundary:
         """Return the root boundary, making it (and its transaction) on first use.
@@ -602,6 +632,30 @@ class PendingRoot:
             made = self.made
             assert made is not None
             return None if made.tx.closed else made
+
+
+class Suspended(enum.Enum):
+    """What a manager's ``current`` holds where its unit is suspended (``NOT_SUPPORTED``, say)."""
+
+    SUSPENDED = "suspended"
+
+
+SUSPENDED = Suspended.SUSPENDED
+#: what a manager's ``current`` holds: its innermost boundary, SUSPENDED (no unit here, whatever
+#: the request's), or None (unset: the request's root, if any, stands in)
+Current = Boundary | Literal[Suspended.SUSPENDED] | None
+
+#: the innermost request's root (a request served by UnitOfWorkMiddleware), chained to the
+#: roots of the middlewares outside it: one variable set per request, whatever its manager
+request_root: ContextVar[PendingRoot | None] = ContextVar("uow_request_root", default=None)
+
+
+def sync_request_root() -> PendingRoot | None:
+    """Return the innermost request's root whose session is sync (what run_sync serializes on)."""
+    root = request_root.get()
+    while root is not None and root.binding.is_async:
+        root = root.outer
+    return root
 
 
 def live(current: Boundary | PendingRoot | None) -> Boundary | None:
@@ -674,7 +728,7 @@ def _check_use(session: Session) -> None:
         raise SessionEnded(ENDED)
     if tx.loop_thread == threading.get_ident() and not tx.binding.is_async:
         raise BlockingSessionUse(_BLOCKING)
-    boundary = tx.binding.current.get()
+    boundary = tx.binding.innermost()
     if isinstance(boundary, PendingRoot):
         boundary = boundary.made  # a root not made yet is not this session's
     if boundary is not None and boundary.tx is tx:

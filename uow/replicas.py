@@ -56,6 +56,6 @@ def served_by(manager: UnitOfWorkManager | None = None) -> str:
     if manager is None:
         manager = get_manager()
     manager.current_session()  # raises the usual error outside a unit
-    boundary = live(manager.current.get())
+    boundary = live(manager.innermost())
     assert boundary is not None
     return boundary.tx.served_by

@@ -10,7 +10,7 @@ import anyio.to_thread
 
 from . import _finisher
 from ._threads import session_thread
-from ._transaction import PendingRoot, serial_tx
+from ._transaction import serial_tx, sync_request_root
 from .exceptions import InvalidOptionError
 
 __all__ = ["run_sync", "set_finisher_threads"]
@@ -29,9 +29,10 @@ async def run_sync(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     call: Callable[[], T] = functools.partial(fn, *args, **kwargs) if (args or kwargs) else fn
     tx = serial_tx.get()
     if tx is None:
-        return await anyio.to_thread.run_sync(call)
-    if isinstance(tx, PendingRoot):
-        tx = tx.boundary().tx
+        root = sync_request_root()
+        if root is None:
+            return await anyio.to_thread.run_sync(call)
+        tx = root.boundary().tx
     async with tx.async_lock():
         return await session_thread(functools.partial(tx.locked, call), holds_connection=tx.connected)
 

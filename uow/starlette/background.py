@@ -73,7 +73,7 @@ class BackgroundTask(StarletteBackgroundTask):
         if not self.should_run():
             return
         manager = self.manager or get_manager()
-        current = manager.current.get()
+        current = manager.innermost()
         request = current.made if isinstance(current, PendingRoot) else current  # (not made: not traced)
         if request is not None and request.tx.ended and request.observation is not None:
             # traced: the task's unit is the request's child, not the ended unit's

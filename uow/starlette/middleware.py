@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from contextvars import Token
 from threading import get_ident
 from typing import Literal
 
@@ -13,10 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _observe, _registry
 from .._async import end_async, start_async
-from .._options import Propagation, make_options
+from .._options import Propagation, UnitOptions, make_options
 from .._replicas import Causal, choose_async, enter_causal, is_disconnect, leave_causal
 from .._timeout import start_clock
-from .._transaction import Binding, Boundary, PendingRoot, serial_tx
+from .._transaction import Binding, Boundary, PendingRoot, request_root
 from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit, UnitTimeout
 from ..manager import UnitOfWorkManager
 
@@ -129,64 +130,26 @@ class UnitOfWorkMiddleware:
             # database is answered; uow.session raises NotConfiguredError in one that does
             await self.app(scope, receive, send)
             return
-        read_only = scope["method"] in self.read_only_methods
-        request = _Request(manager, self, scope, receive, send, read_only)
-        router = manager.router
-        causal = None
-        if router is not None:
-            # this request's causal position, shared with its threads and tasks
-            request.causal, causal = enter_causal(_cookie(scope, self.causal_cookie))
-            request.cookie = self.causal_cookie
-        routed = router is not None and read_only
-        observer = _observe.observer
-        observation = None
-        if observer is not None or routed or self.timed or logger.isEnabledFor(logging.DEBUG):
-            # made now, so that its DEBUG record, its span and its budget time the whole
-            # request (and so that a replica can be chosen before the endpoint runs)
-            unit = request.boundary()
-            if observer is not None:
-                observation = unit.observation = observer.start(
-                    options=request.options,
-                    savepoint=False,
-                    db_system=manager.dialect_name,
-                    function=None,
-                    attempt=0,
-                    retried=None,
-                )
-        token = manager.current.set(request)
-        serial = None if manager.is_async else serial_tx.set(request)
+        request = _Request(manager, self, scope, receive, send)
+        token = request_root.set(request)
         try:
-            if routed:
-                assert router is not None
-                tx = request.boundary().tx
-                tx.replica = await choose_async(router, manager.name)
-                if tx.replica is not None:
-                    # connected now, so that a replica gone away gives way to the primary
-                    # before the endpoint runs, never failing it
-                    await start_async(tx, tx.start_options())
+            if (
+                self.timed
+                or manager.router is not None
+                or _observe.observer is not None
+                or logger.isEnabledFor(logging.DEBUG)
+            ):
+                await request.begin_early()
             await self.app(scope, request.receive, request.send)
             if request.outcome is None:
                 await request.end(None)  # the app never started a response: roll back
         except BaseException as exc:
-            made = request.made
-            replica = made.tx.replica if made is not None else None
-            if replica is not None and router is not None and is_disconnect(exc):
-                router.mark_down(replica, exc)  # the requests after this one go elsewhere
-            try:
-                await request.end(exc)
-            except BaseException as error:
-                await request.answer_timeout(error)
-                raise
-            await request.answer_timeout(exc)
+            await request.fail(exc)
             raise
         finally:
-            if observation is not None:
-                observation.leave()
-            if serial is not None:
-                serial_tx.reset(serial)
-            manager.current.reset(token)
-            if causal is not None:
-                leave_causal(causal)
+            request_root.reset(token)
+            if request.early:
+                request.leave()
 
     def _failing_startup_without_a_manager(self, send: Send) -> Send:
         """Turn the app's ``lifespan.startup.complete`` into a failure if no manager is configured.
@@ -219,46 +182,92 @@ _COMMITTED = "uow.committed"
 class _Request(PendingRoot):
     """One request's unit (made on first use), and the receive/send wrappers that end it in time."""
 
-    __slots__ = (
-        "_receive",
-        "_send",
-        "causal",
-        "commit_mode",
-        "commit_statuses",
-        "cookie",
-        "disconnected",
-        "scope",
-        "started",
-    )
+    #: set when the app has been told, through :meth:`receive`, that the client is gone
+    disconnected = False
+    #: set once ``http.response.start`` went on to the server
+    started = False
+    #: set when the unit was made up front (see :meth:`begin_early`)
+    early = False
+    #: the request's causal position (a manager with replicas), and what resets it
+    causal: Causal | None = None
+    causal_reset: Token[Causal | None]
 
     def __init__(
-        self,
-        manager: Binding,
-        middleware: UnitOfWorkMiddleware,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        read_only: bool,
+        self, manager: Binding, middleware: UnitOfWorkMiddleware, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        # PendingRoot's fields, set here (one call less per request)
+        # PendingRoot's fields (the others keep their class defaults)
         self.binding = manager
-        self.options = middleware.read_only_options if read_only else middleware.options
-        self.direct_end_allowed = middleware.manual  # in manual mode the app commits itself
         self.loop_thread = get_ident()
-        self.made = None
-        self.outcome = None
+        outer = request_root.get()
+        if outer is not None:
+            self.outer = outer
+        if middleware.manual:
+            self.direct_end_allowed = True  # in manual mode the app commits itself
+        self.middleware = middleware
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.commit_statuses = middleware.commit_statuses
-        self.commit_mode = middleware.commit_mode
-        #: set when the app has been told, through :meth:`receive`, that the client is gone
-        self.disconnected = False
-        #: set once ``http.response.start`` went on to the server
-        self.started = False
-        #: the request's causal position (a manager with replicas), and the cookie that carries it
-        self.causal: Causal | None = None
-        self.cookie: str | None = None
+
+    @property
+    def options(self) -> UnitOptions:
+        """The unit's options: read-only for the middleware's read-only methods."""
+        middleware = self.middleware
+        if self.scope["method"] in middleware.read_only_methods:
+            return middleware.read_only_options
+        return middleware.options
+
+    async def begin_early(self) -> None:
+        """Make the unit now: traced, timed, routed or logged, it spans the whole request.
+
+        Made up front, its DEBUG record, its span and its budget time the whole
+        request, and a replica is chosen (and connected) before the endpoint runs.
+        """
+        self.early = True
+        manager = self.binding
+        router = manager.router
+        if router is not None:
+            # this request's causal position, shared with its threads and tasks
+            self.causal, self.causal_reset = enter_causal(_cookie(self.scope, self.middleware.causal_cookie))
+        unit = self.boundary()
+        observer = _observe.observer
+        if observer is not None:
+            unit.observation = observer.start(
+                options=self.options,
+                savepoint=False,
+                db_system=manager.dialect_name,
+                function=None,
+                attempt=0,
+                retried=None,
+            )
+        if router is not None and self.options.read_only:
+            tx = unit.tx
+            tx.replica = await choose_async(router, manager.name)
+            if tx.replica is not None:
+                # connected now, so that a replica gone away gives way to the primary
+                # before the endpoint runs, never failing it
+                await start_async(tx, tx.start_options())
+
+    def leave(self) -> None:
+        """Undo what :meth:`begin_early` set in the request's context."""
+        made = self.made
+        if made is not None and made.observation is not None:
+            made.observation.leave()
+        if self.causal is not None:
+            leave_causal(self.causal_reset)
+
+    async def fail(self, exc: BaseException) -> None:
+        """End the unit of a request whose app raised *exc*, and answer 503 if it ran out of time."""
+        made = self.made
+        replica = made.tx.replica if made is not None else None
+        router = self.binding.router
+        if replica is not None and router is not None and is_disconnect(exc):
+            router.mark_down(replica, exc)  # the requests after this one go elsewhere
+        try:
+            await self.end(exc)
+        except BaseException as error:
+            await self.answer_timeout(error)
+            raise
+        await self.answer_timeout(exc)
 
     async def receive(self) -> Message:
         """The server's ``receive``, noting a disconnect on the way; uow never calls it by itself."""
@@ -271,37 +280,42 @@ class _Request(PendingRoot):
         if message["type"] == "http.response.start":
             if self.outcome is None:
                 # a client the app has seen leave learns nothing of a commit: roll back
-                commit = message["status"] in self.commit_statuses and not self.disconnected
-                if not self.end_unmade(commit):  # else: the request never used uow, no I/O to do
-                    unit = self.made_open()
-                    if unit is not None:  # (else made in a thread just now, and ended there)
-                        observation = unit.observation
-                        if unit.tx.session is None and unit.is_bare():
-                            unit.tx.finish(commit)  # made, but the database was never used: no I/O
-                            if observation is not None:
-                                observation.end(commit, None if commit else "request", None)
-                                observation.decided(self.commit_mode, message["status"], commit, commit)
-                        else:
-                            try:
-                                forwarded = await self._end_before(unit, message, commit)
-                            finally:
-                                if observation is not None:
-                                    observation.decided(
-                                        self.commit_mode, message["status"], commit, unit.tx.committed is True
-                                    )
-                            if forwarded:
-                                self.started = True
-                                return
+                commit = message["status"] in self.middleware.commit_statuses and not self.disconnected
+                # (a request that never used uow has no I/O to do)
+                if not self.end_unmade(commit) and await self._end_made(message, commit):
+                    self.started = True
+                    return  # the start went out while the unit ended
             self.started = True
             causal = self.causal
-            if causal is not None and self.cookie is not None and causal.changed:
-                message = _with_cookie(message, self.cookie, causal.token())
+            if causal is not None and causal.changed:
+                cookie = self.middleware.causal_cookie
+                if cookie is not None:
+                    message = _with_cookie(message, cookie, causal.token())
         made = self.made
         if made is not None and made.observation is not None and made.tx.ended:
             with made.observation.outside():  # the response is the request's, not the ended unit's
                 await self._send(message)
             return
         await self._send(message)
+
+    async def _end_made(self, start: Message, commit: bool) -> bool:
+        """End the unit made in this request; return True if *start* was forwarded meanwhile."""
+        unit = self.made_open()
+        if unit is None:
+            return False  # made in a thread just now, and ended there
+        observation = unit.observation
+        mode = self.middleware.commit_mode
+        if unit.tx.session is None and unit.is_bare():
+            unit.tx.finish(commit)  # made, but the database was never used: no I/O
+            if observation is not None:
+                observation.end(commit, None if commit else "request", None)
+                observation.decided(mode, start["status"], commit, commit)
+            return False
+        try:
+            return await self._end_before(unit, start, commit)
+        finally:
+            if observation is not None:
+                observation.decided(mode, start["status"], commit, unit.tx.committed is True)
 
     async def _end_before(self, unit: Boundary, start: Message, commit: bool) -> bool:
         """End the unit, committing if *commit*; return True if *start* was forwarded meanwhile."""
@@ -364,7 +378,7 @@ class _Request(PendingRoot):
             error = await end_async(unit, self.options, exc, rollback=exc is None)
         finally:
             if unit.observation is not None:
-                unit.observation.decided(self.commit_mode, None, False, False)
+                unit.observation.decided(self.middleware.commit_mode, None, False, False)
         if error is not None:
             raise self._failed(error) from exc
 
