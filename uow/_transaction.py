@@ -684,7 +684,10 @@ def has_pending_writes(session: Session | AsyncSession | None) -> bool:
     if session is None:
         return False
     sync = _sync_session(session)
-    return bool(sync.new or sync.deleted or any(sync.is_modified(o) for o in sync.dirty))
+    if sync.new or sync.deleted:
+        return True
+    # ``dirty`` builds a set of every object marked modified: only when the identity map has one
+    return sync.identity_map.check_modified() and any(sync.is_modified(o) for o in sync.dirty)
 
 
 def _sync_session(session: Session | AsyncSession) -> Session:
