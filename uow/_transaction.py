@@ -580,8 +580,6 @@ class PendingRoot:
     #: the event loop's thread (the root may be made in a worker thread)
     loop_thread: int
 
-    #: True where the code ends the transaction itself (the middleware's manual mode)
-    direct_end_allowed = False
     #: the enclosing request's root (another middleware's, outside this one), if any
     outer: PendingRoot | None = None
     #: the root boundary, once made
@@ -593,6 +591,11 @@ class PendingRoot:
     def options(self) -> UnitOptions:
         """The root's options: a new transaction of its own, whatever the caller's context holds."""
         return ROOT_OPTIONS
+
+    @property
+    def direct_end_allowed(self) -> bool:
+        """True where the code ends the transaction itself (the middleware's manual mode)."""
+        return False
 
     def boundary(self) -> Boundary:
         """Return the root boundary, making it (and its transaction) on first use.

@@ -30,6 +30,7 @@ _MODES: dict[str, range] = {
     "autocommit_include_redirect": range(200, 400),
 }
 logger = logging.getLogger("uow")
+_DEBUG = logging.DEBUG
 
 
 class UnitOfWorkMiddleware:
@@ -137,7 +138,7 @@ class UnitOfWorkMiddleware:
                 self.timed
                 or manager.router is not None
                 or _observe.observer is not None
-                or logger.isEnabledFor(logging.DEBUG)
+                or logger.isEnabledFor(_DEBUG)
             ):
                 await request.begin_early()
             await self.app(scope, request.receive, request.send)
@@ -201,8 +202,6 @@ class _Request(PendingRoot):
         outer = request_root.get()
         if outer is not None:
             self.outer = outer
-        if middleware.manual:
-            self.direct_end_allowed = True  # in manual mode the app commits itself
         self.middleware = middleware
         self.scope = scope
         self._receive = receive
@@ -215,6 +214,10 @@ class _Request(PendingRoot):
         if self.scope["method"] in middleware.read_only_methods:
             return middleware.read_only_options
         return middleware.options
+
+    @property
+    def direct_end_allowed(self) -> bool:
+        return self.middleware.manual  # in manual mode the app commits itself
 
     async def begin_early(self) -> None:
         """Make the unit now: traced, timed, routed or logged, it spans the whole request.
@@ -286,16 +289,18 @@ class _Request(PendingRoot):
                     self.started = True
                     return  # the start went out while the unit ended
             self.started = True
-            causal = self.causal
-            if causal is not None and causal.changed:
-                cookie = self.middleware.causal_cookie
-                if cookie is not None:
-                    message = _with_cookie(message, cookie, causal.token())
-        made = self.made
-        if made is not None and made.observation is not None and made.tx.ended:
-            with made.observation.outside():  # the response is the request's, not the ended unit's
-                await self._send(message)
-            return
+            if self.early:  # (a causal position, or a span: only a unit made up front has them)
+                causal = self.causal
+                if causal is not None and causal.changed:
+                    cookie = self.middleware.causal_cookie
+                    if cookie is not None:
+                        message = _with_cookie(message, cookie, causal.token())
+        if self.early:
+            made = self.made
+            if made is not None and made.observation is not None and made.tx.ended:
+                with made.observation.outside():  # the response is the request's, not the ended unit's
+                    await self._send(message)
+                return
         await self._send(message)
 
     async def _end_made(self, start: Message, commit: bool) -> bool:
