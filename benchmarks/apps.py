@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -108,6 +109,45 @@ class PassThrough:
             await send(message)
 
         await self.app(scope, receive, wrapped)
+
+
+#: where LeastRequestUnit puts its request (as UnitOfWorkMiddleware puts its own for ``uow.session``)
+_least_request: ContextVar[_LeastRequest | None] = ContextVar("least_request", default=None)
+
+
+class LeastRequestUnit:
+    """The least a middleware that keeps a unit per request does, and nothing else.
+
+    A per-request object in a context variable (so that code in the request
+    can find it), with ``receive`` and ``send`` wrapped through it (to see a
+    client leave, and the response start). No decision, no manager: the
+    floor under UnitOfWorkMiddleware itself.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = _LeastRequest(receive, send)
+        token = _least_request.set(request)
+        try:
+            await self.app(scope, request.receive, request.send)
+        finally:
+            _least_request.reset(token)
+
+
+class _LeastRequest:
+    __slots__ = ("_receive", "_send")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+
+    async def receive(self) -> Message:
+        return await self._receive()
+
+    async def send(self, message: Message) -> None:
+        await self._send(message)
 
 
 class OneThreadHop:

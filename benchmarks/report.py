@@ -146,7 +146,8 @@ def floors(data: dict[str, Any]) -> list[str]:
         f"- A request that never touches the database takes {plain_us:.0f} µs here. A middleware that "
         f"only wraps `send` adds {duels.extra(PASS_THROUGH, FLOOR) * 100:.0f}%; "
         f"`UnitOfWorkMiddleware` adds {mw_extra * 100:.0f}% (about {mw_extra * plain_us:.1f} µs: its "
-        "pending unit, one context variable and the check at the response's start; no session, no connection).",
+        "pending unit, one context variable and the check at the response's start; "
+        "no session, no connection).",
     ]
 
 

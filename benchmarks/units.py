@@ -18,12 +18,13 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, event
 from sqlalchemy.orm import sessionmaker
 from starlette.types import ASGIApp, Message
 
@@ -32,6 +33,31 @@ from benchmarks import apps
 from benchmarks.overhead import per_call_us, per_call_us_async
 from uow._threads import finish, shielded
 from uow.starlette import UnitOfWorkMiddleware
+
+HAND_READ_ONLY = "by hand, READ ONLY (commits)"
+LEAST = "per-request object in a context variable, receive and send wrapped"
+
+
+def _by_hand_read_only(url: str) -> Callable[[int], Any] | None:
+    """On PostgreSQL through psycopg: the by-hand read in a READ ONLY transaction (what READ ONLY costs)."""
+    engine = create_engine(url)
+    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+        engine.dispose()
+        return None
+
+    @event.listens_for(engine, "checkin")
+    def read_write_again(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.read_only = False
+
+    factory = sessionmaker(engine, expire_on_commit=False)
+
+    def by_hand_read_only(i: int) -> Any:
+        with factory.begin() as session:
+            # psycopg sends BEGIN READ ONLY with the first statement
+            session.connection().connection.dbapi_connection.read_only = True  # type: ignore[union-attr]
+            return session.get(apps.User, i % apps.ROWS + 1)
+
+    return by_hand_read_only
 
 
 def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
@@ -49,6 +75,7 @@ def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
 
     read_write = manager.transactional(read)
     read_only = manager.transactional(read_only=True)(read)
+    hand_read_only = _by_hand_read_only(url)
 
     # async def units on the same sync engine: the read goes to a worker thread
     @manager.transactional
@@ -59,7 +86,13 @@ def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
     async def read_only_async(i: int) -> Any:
         return await manager.run_sync(read, i)
 
-    variants = {"by hand (commits)": by_hand, "read-write unit": read_write, "read-only unit": read_only}
+    variants: dict[str, Callable[[int], Any]] = {
+        "by hand (commits)": by_hand,
+        "read-write unit": read_write,
+        "read-only unit": read_only,
+    }
+    if hand_read_only is not None:
+        variants[HAND_READ_ONLY] = hand_read_only
     async_variants = {
         "read-write unit, async def": read_write_async,
         "read-only unit, async def": read_only_async,
@@ -124,6 +157,7 @@ async def no_db_request(url: str, calls: int, rounds: int) -> dict[str, list[flo
     variants: dict[str, ASGIApp] = {
         "no middleware": endpoint,
         "send-wrapping middleware (floor)": apps.PassThrough(endpoint),
+        LEAST: apps.LeastRequestUnit(endpoint),
         "UnitOfWorkMiddleware": UnitOfWorkMiddleware(endpoint, manager=manager),
     }
     out: dict[str, list[float]] = {name: [] for name in variants}
@@ -178,17 +212,22 @@ def run(url: str, smoke: bool) -> dict[str, Any]:
 
 NOTES = {
     "unit kinds": "a primary-key read per unit: a read-only unit never flushes, never checks for "
-    "changes beyond its end, and ends the cheapest way its database allows",
+    "changes beyond its end, and ends the cheapest way its database allows; on PostgreSQL its "
+    "transaction is also READ ONLY, whose own cost the READ ONLY row by hand shows",
     "no-DB request": "a request that never touches the database, straight to the ASGI app (no sockets)",
     "hand-off": "one trip to a worker thread and back that survives cancellation (how a sync session ends "
     "off the event loop): uow's finisher threads against anyio's threads in a shielding task",
 }
 
 
-def _floor_ratio(rows: dict[str, float]) -> float:
-    """The middleware's cost over the app alone, in units of the send-wrapping floor's."""
+def _floor_ratio(rows: dict[str, float], variant: str = "UnitOfWorkMiddleware") -> float:
+    """A middleware's cost over the app alone, in units of the send-wrapping floor's."""
     bare = rows["no middleware"]
-    return (rows["UnitOfWorkMiddleware"] - bare) / (rows["send-wrapping middleware (floor)"] - bare)
+    return (rows[variant] - bare) / (rows["send-wrapping middleware (floor)"] - bare)
+
+
+def _cell(us: float | None) -> str:
+    return "—" if us is None else f"{us:.1f}"
 
 
 def write_page(results: list[dict[str, Any]], path: Path) -> None:
@@ -207,17 +246,23 @@ def write_page(results: list[dict[str, Any]], path: Path) -> None:
         dbs = [r["url"].split(":")[0] for r in results]
         lines.append("| variant | " + " | ".join(f"{db} (µs)" for db in dbs) + " |")
         lines.append("|---" * (len(dbs) + 1) + "|")
-        for variant in results[0]["median_us"][group]:
-            cells = " | ".join(f"{r['median_us'][group][variant]:.1f}" for r in results)
+        variants = dict.fromkeys(v for r in results for v in r["median_us"][group])
+        for variant in variants:
+            cells = " | ".join(_cell(r["median_us"][group].get(variant)) for r in results)
             lines.append(f"| {variant} | {cells} |")
         lines.append("")
         if group == "no-DB request":
             ratios = ", ".join(
                 f"{_floor_ratio(r['median_us'][group]):.1f} times ({r['url'].split(':')[0]})" for r in results
             )
+            least = ", ".join(
+                f"{_floor_ratio(r['median_us'][group], LEAST):.1f} times ({r['url'].split(':')[0]})"
+                for r in results
+            )
             lines += [
                 "UnitOfWorkMiddleware's own cost (its figure less the app's alone) against the",
-                f"send-wrapping floor's: {ratios}.",
+                f"send-wrapping floor's: {ratios}. The least any middleware that keeps a unit per",
+                f"request does (the row above it) costs {least} the floor's.",
                 "",
             ]
     lines += [

@@ -54,6 +54,7 @@ def test_unit_costs_smoke_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert set(groups["no-DB request"]) == {
         "no middleware",
         "send-wrapping middleware (floor)",
+        units.LEAST,
         "UnitOfWorkMiddleware",
     }
     assert all(v > 0 for group in groups.values() for v in group.values())
