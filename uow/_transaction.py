@@ -172,6 +172,10 @@ class Binding:
 
     def current_session(self) -> Any:
         """Return the session of the innermost open unit; raise :class:`NoActiveUnitOfWork`."""
+        return self.current_unit()[1]
+
+    def current_unit(self) -> tuple[Boundary, Any]:
+        """Return the innermost open boundary and its session; raise :class:`NoActiveUnitOfWork`."""
         boundary = self.current_boundary()
         if boundary is None:
             raise NoActiveUnitOfWork(NO_UNIT)
@@ -179,7 +183,7 @@ class Binding:
         session = tx.get_session()
         if tx.innermost is not boundary:
             tx.check_boundary(boundary)
-        return session
+        return boundary, session
 
     def on_commit(
         self,

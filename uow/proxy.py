@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from ._transaction import Binding
+from ._transaction import Binding, Transaction
 from .exceptions import BlockingSessionUse
 
 __all__ = ["SessionProxy"]
@@ -55,35 +55,38 @@ class SessionProxy:
     def __init__(self, get_manager: Callable[[], Binding]) -> None:
         self._get_manager = get_manager
 
-    def _session(self, name: str) -> Any:
-        manager = self._get_manager()
-        session = manager.current_session()
-        if name not in _NO_IO and isinstance(session, Session):
-            unit = manager.current_boundary()
-            if unit is not None and unit.tx.loop_thread == threading.get_ident():
-                raise BlockingSessionUse(
-                    f"uow.session.{name} was used on the event loop thread, but the "
-                    "unit's session is sync and would block the loop. Run the work "
-                    "in a thread with `await uow.run_sync(fn)`, use a sync endpoint, "
-                    "or configure uow with an AsyncEngine"
-                )
-        return session
+    def _unit(self, name: str) -> tuple[Transaction, Any]:
+        """Return the current unit's transaction and session, refusing blocking use on the loop."""
+        unit, session = self._get_manager().current_unit()
+        tx = unit.tx
+        if (
+            tx.loop_thread is not None
+            and name not in _NO_IO
+            and isinstance(session, Session)
+            and tx.loop_thread == threading.get_ident()
+        ):
+            raise BlockingSessionUse(
+                f"uow.session.{name} was used on the event loop thread, but the "
+                "unit's session is sync and would block the loop. Run the work "
+                "in a thread with `await uow.run_sync(fn)`, use a sync endpoint, "
+                "or configure uow with an AsyncEngine"
+            )
+        return tx, session
 
     def __getattr__(self, name: str) -> Any:
-        manager = self._get_manager()
-        attr = getattr(self._session(name), name)
-        unit = manager.current_boundary()
-        if unit is not None and unit.tx.loop_thread is not None and not manager.is_async and callable(attr):
+        tx, session = self._unit(name)
+        attr = getattr(session, name)
+        if tx.loop_thread is not None and not tx.binding.is_async and callable(attr):
             # a worker thread (run_in_threadpool, asyncio.to_thread) of an async unit: each
             # call holds the transaction's thread lock, so threads use the session one at a time
-            return functools.partial(unit.tx.locked, attr)
+            return functools.partial(tx.locked, attr)
         return attr
 
     def __contains__(self, instance: object) -> bool:
-        return instance in self._session("__contains__")
+        return instance in self._unit("__contains__")[1]
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._session("__iter__"))
+        return iter(self._unit("__iter__")[1])
 
     def __repr__(self) -> str:
         try:
