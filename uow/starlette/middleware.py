@@ -206,6 +206,11 @@ class _Request(PendingRoot):
         self.scope = scope
         self._receive = receive
         self._send = send
+        # set here although the class has them: what every request sets later, set first in
+        # __init__, keeps CPython's compact attribute storage (else its first store makes a
+        # dict, several times the cost of a store)
+        self.outcome = None
+        self.started = False
 
     @property
     def options(self) -> UnitOptions:
