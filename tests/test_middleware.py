@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import itertools
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -876,3 +878,22 @@ async def test_run_sync_in_a_request_of_a_non_default_manager_is_serialized(
     for (_, end), (next_start, _) in itertools.pairwise(intervals):
         assert end <= next_start, "two threads used the request's session at the same time"
     assert len(names(engine)) == 8
+
+
+@pytest.mark.anyio
+async def test_a_requests_session_is_freed_when_its_unit_ends(manager: uow.UnitOfWorkManager) -> None:
+    refs: list[weakref.ref[Session]] = []
+
+    def endpoint(request: Request) -> Response:
+        refs.append(weakref.ref(uow.current_session()))
+        uow.session.execute(select(1))
+        return PlainTextResponse("")
+
+    async with client(starlette_app(Route("/", endpoint))) as c:
+        gc.collect()
+        gc.disable()
+        try:
+            assert (await c.get("/")).status_code == 200
+            assert refs[0]() is None, "the request's session lives on in a reference cycle"
+        finally:
+            gc.enable()

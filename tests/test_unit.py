@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -161,3 +167,56 @@ async def test_async_with_block_on_sync_engine(manager: uow.UnitOfWorkManager, e
         assert isinstance(session, Session)
         await uow.run_sync(session.add, Item(name="blk"))
     assert count(engine) == 1
+
+
+# --- a unit's session is freed as soon as the unit is done, not by the cyclic collector ---------
+
+
+@contextlib.contextmanager
+def cyclic_gc_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_sync_units_session_is_freed_when_it_ends(manager: uow.UnitOfWorkManager, fails: bool) -> None:
+    refs: list[weakref.ref[Session]] = []
+
+    @uow.transactional
+    def work() -> None:
+        refs.append(weakref.ref(uow.current_session()))
+        uow.session.execute(select(1))
+        if fails:
+            raise ValueError("boom")
+
+    with cyclic_gc_off():
+        with contextlib.suppress(ValueError):
+            work()
+        assert refs[0]() is None, "the session lives on in a reference cycle"
+
+
+@pytest.mark.anyio
+async def test_an_async_units_session_is_freed_when_it_ends(
+    manager: uow.UnitOfWorkManager, async_manager: uow.UnitOfWorkManager
+) -> None:
+    """Both kinds: an async def unit on a sync engine, and one on an async engine."""
+    refs: list[weakref.ref[Any]] = []
+
+    @manager.transactional
+    async def on_sync_engine() -> None:
+        refs.append(weakref.ref(manager.current_session()))
+        await manager.run_sync(lambda: manager.session.execute(select(1)))
+
+    @async_manager.transactional
+    async def on_async_engine() -> None:
+        refs.append(weakref.ref(async_manager.current_session()))
+        await async_manager.session.execute(select(1))
+
+    with cyclic_gc_off():
+        await on_sync_engine()
+        await on_async_engine()
+        assert [ref() for ref in refs] == [None, None], "a session lives on in a reference cycle"

@@ -361,11 +361,19 @@ class Transaction:
         self.ended = True
 
     def finish(self, committed: bool) -> None:
-        """Record the outcome once the session is closed."""
+        """Record the outcome once the session is closed, and let go of the session and boundary.
+
+        The closed session keeps its link to this transaction (in its ``info``:
+        its listeners refuse any later use); dropping the links back breaks the
+        cycles, so that a unit's session and boundaries are freed when the last
+        reference goes, not by a pass of the cyclic garbage collector.
+        """
         if self._status is Status.COMMITTED or self._status is Status.ROLLED_BACK:
             raise RuntimeError(f"a transaction that is {self._status.value} cannot finish again")
         self._status = Status.COMMITTED if committed else Status.ROLLED_BACK
         self.ended = True
+        self.session = None
+        self.innermost = None
 
     def mark_connected(self) -> None:
         self.connected = True
