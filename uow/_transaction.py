@@ -581,23 +581,22 @@ class PendingRoot:
     (``uow.session``, ``provide_session``, ``on_commit``, a nested unit),
     possibly in a worker thread: the event loop's thread is recorded up front.
 
-    A subclass (the middleware's request) sets :attr:`binding` and
-    :attr:`loop_thread`, and :attr:`outer` when there is one; the fields that
-    rarely differ are class attributes (no ``__slots__``), so that a request
-    makes the fewest stores.
+    A subclass (the middleware's request) sets its fields: :attr:`binding`,
+    :attr:`loop_thread`, :attr:`outer`, :attr:`made` and :attr:`outcome`.
     """
+
+    __slots__ = ("binding", "loop_thread", "made", "outcome", "outer")
 
     #: the manager whose unit this is
     binding: Binding
     #: the event loop's thread (the root may be made in a worker thread)
     loop_thread: int
-
     #: the enclosing request's root (another middleware's, outside this one), if any
-    outer: PendingRoot | None = None
+    outer: PendingRoot | None
     #: the root boundary, once made
-    made: Boundary | None = None
+    made: Boundary | None
     #: the outcome the end chose (True: commit), None while the unit is open
-    outcome: bool | None = None
+    outcome: bool | None
 
     @property
     def options(self) -> UnitOptions:

@@ -183,34 +183,44 @@ _COMMITTED = "uow.committed"
 class _Request(PendingRoot):
     """One request's unit (made on first use), and the receive/send wrappers that end it in time."""
 
+    __slots__ = (
+        "_receive",
+        "_send",
+        "causal",
+        "causal_reset",
+        "disconnected",
+        "early",
+        "middleware",
+        "scope",
+        "started",
+    )
+
     #: set when the app has been told, through :meth:`receive`, that the client is gone
-    disconnected = False
+    disconnected: bool
     #: set once ``http.response.start`` went on to the server
-    started = False
+    started: bool
     #: set when the unit was made up front (see :meth:`begin_early`)
-    early = False
+    early: bool
     #: the request's causal position (a manager with replicas), and what resets it
-    causal: Causal | None = None
+    causal: Causal | None
     causal_reset: Token[Causal | None]
 
     def __init__(
         self, manager: Binding, middleware: UnitOfWorkMiddleware, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        # PendingRoot's fields (the others keep their class defaults)
         self.binding = manager
         self.loop_thread = get_ident()
-        outer = request_root.get()
-        if outer is not None:
-            self.outer = outer
+        self.outer = request_root.get()
+        self.made = None
+        self.outcome = None
         self.middleware = middleware
         self.scope = scope
         self._receive = receive
         self._send = send
-        # set here although the class has them: what every request sets later, set first in
-        # __init__, keeps CPython's compact attribute storage (else its first store makes a
-        # dict, several times the cost of a store)
-        self.outcome = None
+        self.disconnected = False
         self.started = False
+        self.early = False
+        self.causal = None
 
     @property
     def options(self) -> UnitOptions:
