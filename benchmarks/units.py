@@ -24,7 +24,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import sessionmaker
 from starlette.types import ASGIApp, Message
 
@@ -38,16 +38,15 @@ HAND_READ_ONLY = "by hand, READ ONLY (commits)"
 LEAST = "per-request object in a context variable, receive and send wrapped"
 
 
-def _by_hand_read_only(url: str) -> Callable[[int], Any] | None:
+def _by_hand_read_only(engine: Engine) -> Callable[[int], Any] | None:
     """On PostgreSQL through psycopg: the by-hand read in a READ ONLY transaction (what READ ONLY costs)."""
-    engine = create_engine(url)
     if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
-        engine.dispose()
         return None
 
     @event.listens_for(engine, "checkin")
     def read_write_again(dbapi_connection: Any, record: Any) -> None:
-        dbapi_connection.read_only = False
+        if dbapi_connection is not None:
+            dbapi_connection.read_only = False
 
     factory = sessionmaker(engine, expire_on_commit=False)
 
@@ -75,7 +74,8 @@ def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
 
     read_write = manager.transactional(read)
     read_only = manager.transactional(read_only=True)(read)
-    hand_read_only = _by_hand_read_only(url)
+    read_only_engine = create_engine(url)  # a pool of its own: its connections go back read-write
+    hand_read_only = _by_hand_read_only(read_only_engine)
 
     # async def units on the same sync engine: the read goes to a worker thread
     @manager.transactional
@@ -114,6 +114,7 @@ def unit_kinds(url: str, calls: int, rounds: int) -> dict[str, list[float]]:
             out[name].append(per_call_us(fn, calls))
         asyncio.run(run_async(record=True, order=order))
     engine.dispose()
+    read_only_engine.dispose()
     return out
 
 

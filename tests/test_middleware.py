@@ -897,3 +897,97 @@ async def test_a_requests_session_is_freed_when_its_unit_ends(manager: uow.UnitO
             assert refs[0]() is None, "the request's session lives on in a reference cycle"
         finally:
             gc.enable()
+
+
+# --- a request served where a unit of its manager is already open: its own unit goes first ------
+
+
+def _write_item(request: Request) -> Response:
+    uow.session.add(Item(name=request.path_params["name"]))
+    uow.session.flush()
+    return PlainTextResponse("", status_code=201)
+
+
+def test_a_request_from_a_test_client_inside_a_unit_commits_its_own(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """TestClient hands the caller's context to the app: the caller's unit must not swallow the request's."""
+    from starlette.testclient import TestClient
+
+    app = starlette_app(Route("/{name}", _write_item, methods=["POST"]))
+    with (
+        TestClient(app) as tc,
+        pytest.raises(RuntimeError, match="the caller's unit fails"),
+        uow.unit_of_work(),
+    ):
+        uow.session.add(Item(name="caller's"))
+        assert tc.post("/request's").status_code == 201
+        assert names(engine) == ["request's"]  # committed before its response started
+        raise RuntimeError("the caller's unit fails")
+    assert names(engine) == ["request's"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("around", ["unit", "suspended unit"])
+async def test_a_request_inside_an_async_unit_has_a_unit_of_its_own(
+    manager: uow.UnitOfWorkManager, engine: Engine, around: str
+) -> None:
+    """Called in-process inside a unit (or a NOT_SUPPORTED block in one), the request still commits."""
+    intervals: list[tuple[float, float]] = []
+
+    def work(i: int) -> None:
+        start = time.perf_counter()
+        uow.session.add(Item(name=f"request's {i}"))
+        time.sleep(0.01)  # long enough for unserialized calls to overlap
+        uow.session.flush()
+        intervals.append((start, time.perf_counter()))
+
+    async def endpoint(request: Request) -> Response:
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(uow.run_sync, work, i)
+        return PlainTextResponse("", status_code=201)
+
+    app = starlette_app(Route("/", endpoint, methods=["POST"]))
+    with pytest.raises(RuntimeError, match="the caller's unit fails"):
+        async with uow.unit_of_work():
+            await uow.run_sync(lambda: uow.session.add(Item(name="caller's")))
+            async with contextlib.AsyncExitStack() as stack:
+                if around == "suspended unit":
+                    await stack.enter_async_context(
+                        uow.unit_of_work(propagation=uow.Propagation.NOT_SUPPORTED)
+                    )
+                async with client(app) as c:
+                    assert (await c.post("/")).status_code == 201
+            raise RuntimeError("the caller's unit fails")
+    assert names(engine) == [f"request's {i}" for i in range(4)]
+    intervals.sort()
+    for (_, end), (next_start, _) in itertools.pairwise(intervals):
+        assert end <= next_start, "two threads used the request's session at the same time"
+
+
+@pytest.mark.anyio
+async def test_a_requests_unit_keeps_the_options_it_began_with(
+    manager: uow.UnitOfWorkManager, engine: Engine
+) -> None:
+    """An inner middleware that rewrites the method does not turn a read-only request read-write."""
+
+    class MethodOverride:
+        def __init__(self, app: ASGIApp) -> None:
+            self.app = app
+
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] == "http" and scope["method"] == "GET":
+                scope["method"] = "POST"  # in place, as some method-override middlewares do
+            await self.app(scope, receive, send)
+
+    def endpoint(request: Request) -> Response:
+        uow.session.add(Item(name="written"))
+        return PlainTextResponse("", status_code=201)
+
+    inner = Starlette(routes=[Route("/", endpoint, methods=["POST"])])
+    app = UnitOfWorkMiddleware(MethodOverride(inner), read_only_methods={"GET"})
+    async with client(app) as c:
+        response = await c.get("/")
+    assert response.status_code == 500  # ReadOnlyViolation: never a 201 for a dropped write
+    assert names(engine) == []

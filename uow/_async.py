@@ -17,7 +17,6 @@ from contextvars import Token
 from typing import Any
 
 import anyio.to_thread
-from sqlalchemy.orm import Session
 
 from . import _observe
 from ._compat import AsyncSession
@@ -307,7 +306,7 @@ async def _end_savepoint(
 ) -> tuple[BaseException | None, BaseException | None]:
     """Release or roll back the savepoint; return the error and a cancellation that came meanwhile."""
     tx = boundary.tx
-    if isinstance(tx.session, Session):
+    if not tx.binding.is_async:  # (a sync session: its transaction may have ended, and let go of it)
         end = functools.partial(tx.locked, end_savepoint, boundary.savepoint, commit)
         if boundary.observation is not None:
             # the RELEASE (or ROLLBACK TO) statement belongs to the savepoint's span

@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 from ._compat import AsyncEngine, async_sessionmaker
 from ._detect import is_async_callable
 from ._observe import Observation
-from ._options import Propagation, UnitOptions
+from ._options import UnitOptions
 from ._replicas import Replica, Router, guard_replica_sessions
 from ._threads import running_asyncio
 from ._timeout import Clock, arm, start_clock
@@ -558,8 +558,9 @@ class Boundary:
         self.tx.innermost = self
 
     def close_savepoint(self) -> None:
-        """The savepoint begins to end: its parent is the innermost again."""
-        self.tx.innermost = self.parent
+        """The savepoint begins to end: its parent is the innermost again (if the unit goes on)."""
+        if not self.tx.closed:
+            self.tx.innermost = self.parent
 
     def merge_into_parent(self) -> None:
         """Hand this savepoint's hooks to the enclosing boundary (the savepoint was released)."""
@@ -567,10 +568,6 @@ class Boundary:
         assert parent is not None
         parent.commit_hooks.extend(self.commit_hooks)
         parent.rollback_hooks.extend(self.rollback_hooks)
-
-
-#: a request root's options: a new transaction of its own, whatever the caller's context holds
-ROOT_OPTIONS = UnitOptions(propagation=Propagation.REQUIRES_NEW)
 
 
 class PendingRoot:
@@ -585,7 +582,7 @@ class PendingRoot:
     :attr:`loop_thread`, :attr:`outer`, :attr:`made` and :attr:`outcome`.
     """
 
-    __slots__ = ("binding", "loop_thread", "made", "outcome", "outer")
+    __slots__ = ("binding", "loop_thread", "made", "options", "outcome", "outer")
 
     #: the manager whose unit this is
     binding: Binding
@@ -597,11 +594,8 @@ class PendingRoot:
     made: Boundary | None
     #: the outcome the end chose (True: commit), None while the unit is open
     outcome: bool | None
-
-    @property
-    def options(self) -> UnitOptions:
-        """The root's options: a new transaction of its own, whatever the caller's context holds."""
-        return ROOT_OPTIONS
+    #: the root's options (a new transaction of its own, whatever the caller's context holds)
+    options: UnitOptions
 
     @property
     def direct_end_allowed(self) -> bool:

@@ -14,10 +14,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import _observe, _registry
 from .._async import end_async, start_async
-from .._options import Propagation, UnitOptions, make_options
+from .._options import Propagation, make_options
 from .._replicas import Causal, choose_async, enter_causal, is_disconnect, leave_causal
 from .._timeout import start_clock
-from .._transaction import Binding, Boundary, PendingRoot, request_root
+from .._transaction import Binding, Boundary, Current, PendingRoot, Transaction, request_root, serial_tx
 from ..exceptions import HookError, InvalidOptionError, NotConfiguredError, PartialCommit, UnitTimeout
 from ..manager import UnitOfWorkManager
 
@@ -133,6 +133,13 @@ class UnitOfWorkMiddleware:
             return
         request = _Request(manager, self, scope, receive, send)
         token = request_root.set(request)
+        # a unit of this manager open (or suspended) where the request runs, say a test client
+        # called inside one: the request's own unit goes in front of it
+        hidden = (
+            _hide_outer_units(manager)
+            if manager.current.get() is not None or serial_tx.get() is not None
+            else None
+        )
         try:
             if (
                 self.timed
@@ -148,6 +155,8 @@ class UnitOfWorkMiddleware:
             await request.fail(exc)
             raise
         finally:
+            if hidden is not None:
+                _show_outer_units(manager, hidden)
             request_root.reset(token)
             if request.early:
                 request.leave()
@@ -174,6 +183,21 @@ class UnitOfWorkMiddleware:
             await send(message)
 
         return checked
+
+
+_Hidden = tuple[Token[Current], Token[Transaction | None] | None]
+
+
+def _hide_outer_units(manager: Binding) -> _Hidden:
+    """Unset the manager's unit (and, for a sync session, the unit run_sync serializes on) here."""
+    return manager.current.set(None), None if manager.is_async else serial_tx.set(None)
+
+
+def _show_outer_units(manager: Binding, hidden: _Hidden) -> None:
+    current, serial = hidden
+    if serial is not None:
+        serial_tx.reset(serial)
+    manager.current.reset(current)
 
 
 #: the names of the databases whose request units committed, in the ASGI scope
@@ -213,6 +237,10 @@ class _Request(PendingRoot):
         self.outer = request_root.get()
         self.made = None
         self.outcome = None
+        # chosen once (an inner middleware may rewrite the scope's method): read-only for the
+        # middleware's read-only methods
+        read_only = scope["method"] in middleware.read_only_methods
+        self.options = middleware.read_only_options if read_only else middleware.options
         self.middleware = middleware
         self.scope = scope
         self._receive = receive
@@ -221,14 +249,6 @@ class _Request(PendingRoot):
         self.started = False
         self.early = False
         self.causal = None
-
-    @property
-    def options(self) -> UnitOptions:
-        """The unit's options: read-only for the middleware's read-only methods."""
-        middleware = self.middleware
-        if self.scope["method"] in middleware.read_only_methods:
-            return middleware.read_only_options
-        return middleware.options
 
     @property
     def direct_end_allowed(self) -> bool:
