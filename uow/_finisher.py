@@ -73,17 +73,20 @@ class FinisherPool:
         get = self.queue.get
         while (job := get()) is not None:
             loop, future, fn = job
+            del job
             result: Any = None
             error: BaseException | None = None
             try:
                 result = fn()
             except BaseException as e:
                 error = e
+            # let go of the work (a session, say) before the waiter wakes, not after
+            del fn
             with self.lock:
                 self.pending -= 1
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for it any more
                 loop.call_soon_threadsafe(_resolve, future, result, error)
-            del job, loop, future, fn, result, error
+            del loop, future, result, error
 
     def shutdown(self, wait: bool = False) -> None:
         """Let the threads end once the jobs queued so far are done (wait for them if *wait*)."""
