@@ -882,6 +882,7 @@ async def test_run_sync_in_a_request_of_a_non_default_manager_is_serialized(
 
 @pytest.mark.anyio
 async def test_a_requests_session_is_freed_when_its_unit_ends(manager: uow.UnitOfWorkManager) -> None:
+    """By the time the client has the response: no reference cycle, no thread still holding it."""
     refs: list[weakref.ref[Session]] = []
 
     def endpoint(request: Request) -> Response:
@@ -893,8 +894,10 @@ async def test_a_requests_session_is_freed_when_its_unit_ends(manager: uow.UnitO
         gc.collect()
         gc.disable()
         try:
-            assert (await c.get("/")).status_code == 200
-            assert refs[0]() is None, "the request's session lives on in a reference cycle"
+            for _ in range(100):  # a thread that held on a moment too long did so in a few in 100
+                refs.clear()
+                assert (await c.get("/")).status_code == 200
+                assert refs[0]() is None, "the request's session outlived its response"
         finally:
             gc.enable()
 
