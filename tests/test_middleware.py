@@ -834,6 +834,35 @@ async def test_nested_middlewares_of_one_manager_give_the_endpoint_the_inner_uni
     assert log == ["COMMIT", "response.start 201"]
 
 
+class ConcurrentWrites:
+    """An endpoint whose tasks all write through ``run_sync`` at once, and when each held the session."""
+
+    def __init__(self, manager: uow.UnitOfWorkManager, count: int, prefix: str) -> None:
+        self.manager = manager
+        self.count = count
+        self.prefix = prefix
+        self.intervals: list[tuple[float, float]] = []
+
+    def work(self, i: int) -> None:
+        start = time.perf_counter()
+        self.manager.session.add(Item(name=f"{self.prefix} {i:02}"))
+        time.sleep(0.01)  # long enough for unserialized calls to overlap
+        self.manager.session.flush()
+        self.intervals.append((start, time.perf_counter()))
+
+    async def endpoint(self, request: Request) -> Response:
+        async with anyio.create_task_group() as tg:
+            for i in range(self.count):
+                tg.start_soon(uow.run_sync, self.work, i)
+        return PlainTextResponse("", status_code=201)
+
+    def assert_one_at_a_time(self) -> None:
+        intervals = sorted(self.intervals)
+        assert len(intervals) == self.count
+        for (_, end), (next_start, _) in itertools.pairwise(intervals):
+            assert end <= next_start, "two threads used the request's session at the same time"
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("outer_kind", ["none", "async engine"])
 async def test_run_sync_in_a_request_of_a_non_default_manager_is_serialized(
@@ -845,23 +874,9 @@ async def test_run_sync_in_a_request_of_a_non_default_manager_is_serialized(
     async engine's) may sit outside it: the request's root is found all the same.
     """
     own = uow.UnitOfWorkManager(engine)
-    intervals: list[tuple[float, float]] = []
-
-    def work(i: int) -> None:
-        start = time.perf_counter()
-        own.session.add(Item(name=f"item{i:02}"))
-        time.sleep(0.01)  # long enough for unserialized calls to overlap
-        own.session.flush()
-        intervals.append((start, time.perf_counter()))
-
-    async def endpoint(request: Request) -> Response:
-        async with anyio.create_task_group() as tg:
-            for i in range(8):
-                tg.start_soon(uow.run_sync, work, i)
-        return PlainTextResponse("", status_code=201)
-
+    writes = ConcurrentWrites(own, 8, "item")
     app: ASGIApp = UnitOfWorkMiddleware(
-        Starlette(routes=[Route("/", endpoint, methods=["POST"])]), manager=own
+        Starlette(routes=[Route("/", writes.endpoint, methods=["POST"])]), manager=own
     )
     other = None
     if outer_kind == "async engine":
@@ -873,10 +888,7 @@ async def test_run_sync_in_a_request_of_a_non_default_manager_is_serialized(
     finally:
         if other is not None:
             await other.dispose()
-    intervals.sort()
-    assert len(intervals) == 8
-    for (_, end), (next_start, _) in itertools.pairwise(intervals):
-        assert end <= next_start, "two threads used the request's session at the same time"
+    writes.assert_one_at_a_time()
     assert len(names(engine)) == 8
 
 
@@ -936,22 +948,8 @@ async def test_a_request_inside_an_async_unit_has_a_unit_of_its_own(
     manager: uow.UnitOfWorkManager, engine: Engine, around: str
 ) -> None:
     """Called in-process inside a unit (or a NOT_SUPPORTED block in one), the request still commits."""
-    intervals: list[tuple[float, float]] = []
-
-    def work(i: int) -> None:
-        start = time.perf_counter()
-        uow.session.add(Item(name=f"request's {i}"))
-        time.sleep(0.01)  # long enough for unserialized calls to overlap
-        uow.session.flush()
-        intervals.append((start, time.perf_counter()))
-
-    async def endpoint(request: Request) -> Response:
-        async with anyio.create_task_group() as tg:
-            for i in range(4):
-                tg.start_soon(uow.run_sync, work, i)
-        return PlainTextResponse("", status_code=201)
-
-    app = starlette_app(Route("/", endpoint, methods=["POST"]))
+    writes = ConcurrentWrites(manager, 4, "request's")
+    app = starlette_app(Route("/", writes.endpoint, methods=["POST"]))
     with pytest.raises(RuntimeError, match="the caller's unit fails"):
         async with uow.unit_of_work():
             await uow.run_sync(lambda: uow.session.add(Item(name="caller's")))
@@ -963,10 +961,8 @@ async def test_a_request_inside_an_async_unit_has_a_unit_of_its_own(
                 async with client(app) as c:
                     assert (await c.post("/")).status_code == 201
             raise RuntimeError("the caller's unit fails")
-    assert names(engine) == [f"request's {i}" for i in range(4)]
-    intervals.sort()
-    for (_, end), (next_start, _) in itertools.pairwise(intervals):
-        assert end <= next_start, "two threads used the request's session at the same time"
+    assert names(engine) == [f"request's {i:02}" for i in range(4)]
+    writes.assert_one_at_a_time()
 
 
 @pytest.mark.anyio
